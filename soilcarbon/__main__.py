@@ -1,0 +1,5 @@
+"""``python -m soilcarbon`` runs the command."""
+
+from soilcarbon.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Prediction: batch, streaming, Spark; REST API."""

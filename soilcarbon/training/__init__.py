@@ -1,0 +1,1 @@
+"""Training: configs, cross-validation schemes, candidate models, search, MLflow logging."""
