@@ -288,13 +288,17 @@ class Spectra:
         values = frame[spectral]
         nonnumeric = [c for c in spectral if not pd.api.types.is_numeric_dtype(values[c])]
         if nonnumeric:
-            column = nonnumeric[0]
-            coerced = pd.to_numeric(values[column], errors="coerce")
-            row = int(np.where(coerced.isna() & values[column].notna())[0][0])
-            raise SoilCarbonError(
-                f"{where}column {column!r} is not numeric: sample {frame[id_col].iloc[row]} has "
-                f"{values[column].iloc[row]!r}"
-            )
+            values = values.copy()
+            for column in nonnumeric:
+                coerced = pd.to_numeric(values[column], errors="coerce")
+                bad = np.where(coerced.isna() & values[column].notna())[0]
+                if len(bad):
+                    row = int(bad[0])
+                    raise SoilCarbonError(
+                        f"{where}column {column!r} is not numeric: sample {frame[id_col].iloc[row]} has "
+                        f"{values[column].iloc[row]!r}"
+                    )
+                values[column] = coerced.astype(float)  # an all-empty column: missing values
         ids = frame[id_col]
         if ids.isna().any():
             raise SoilCarbonError(f"{where}{int(ids.isna().sum())} row(s) have no {id_col!r}; every row needs an id")
