@@ -1,0 +1,143 @@
+"""Lab tables (wet-chemistry reference values) and their join to spectra by sample id.
+
+A lab table is a CSV (or Parquet) file with one row per sample: an id column and the lab values
+(organic carbon, texture ...). Ids are compared as text with surrounding whitespace removed, so
+``" 001"`` in a lab export matches the spectrum ``001`` but ``1`` does not (leading zeros are part
+of an id). The join is an inner join; what was left out on either side is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from soilcarbon.errors import SoilCarbonError
+from soilcarbon.spectral.spectra import Spectra
+
+
+def _ids_text(ids, limit: int = 5) -> str:
+    ids = [str(i) for i in ids]
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
+
+
+def read_lab(path, id_col: str = "sample_id") -> pd.DataFrame:
+    """Read a lab table; ids become stripped strings, other columns keep their types.
+
+    The frame's ``attrs["source"]`` holds the path, used in later error messages.
+    """
+    from soilcarbon.spectral.readers import _sniff_delimiter
+
+    path = Path(path)
+    if not path.exists():
+        raise SoilCarbonError(f"{path}: no such file; check the lab table path")
+    if not path.is_file():
+        raise SoilCarbonError(f"{path}: not a file; pass the lab table (CSV)")
+    if path.stat().st_size == 0:
+        raise SoilCarbonError(f"{path}: the lab table is empty; it needs a header row and one row per sample")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            lab = pd.read_parquet(path)
+        else:
+            lab = pd.read_csv(path, sep=_sniff_delimiter(path), dtype={id_col: str}, keep_default_na=True)
+    except pd.errors.EmptyDataError as exc:
+        raise SoilCarbonError(f"{path}: the lab table is empty; it needs a header row and one row per sample") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
+        text = " ".join(str(exc).split())
+        raise SoilCarbonError(f"{path}: cannot read the lab table ({text}); save it as a UTF-8 CSV") from exc
+    lab.columns = [str(c).strip() for c in lab.columns]
+    if id_col not in lab.columns:
+        raise SoilCarbonError(
+            f"{path}: id column {id_col!r} not found in the lab table (columns: {_ids_text(lab.columns)}); "
+            "pass the id column name"
+        )
+    ids = lab[id_col].astype("string").str.strip()
+    empty = ids.isna() | (ids == "")
+    if empty.any():
+        rows = (np.where(empty)[0] + 2).tolist()  # +2: header line and 1-based lines
+        raise SoilCarbonError(f"{path}: {int(empty.sum())} lab row(s) without {id_col!r} (line(s) "
+                              f"{_ids_text(rows)}); every row needs an id")
+    duplicated = ids[ids.duplicated()].unique()
+    if len(duplicated):
+        raise SoilCarbonError(f"{path}: duplicate ids in the lab table: {_ids_text(duplicated)}; keep one row per sample")
+    lab[id_col] = ids.astype(object)
+    lab.attrs["source"] = str(path)
+    return lab
+
+
+@dataclass
+class JoinReport:
+    """What a lab join matched and what it left out."""
+
+    n_spectra: int
+    n_lab: int
+    n_matched: int
+    only_in_spectra: list[str] = field(default_factory=list)
+    only_in_lab: list[str] = field(default_factory=list)
+
+    @property
+    def n_only_in_spectra(self) -> int:
+        return len(self.only_in_spectra)
+
+    @property
+    def n_only_in_lab(self) -> int:
+        return len(self.only_in_lab)
+
+    def to_dict(self) -> dict:
+        return {"n_spectra": self.n_spectra, "n_lab": self.n_lab, "n_matched": self.n_matched,
+                "only_in_spectra": list(self.only_in_spectra), "only_in_lab": list(self.only_in_lab)}
+
+    def summary(self) -> str:
+        text = f"{self.n_matched} of {self.n_spectra} spectra matched a lab row"
+        if self.only_in_spectra:
+            text += f"; without lab values: {_ids_text(self.only_in_spectra)}"
+        if self.only_in_lab:
+            text += f"; lab rows without spectra: {_ids_text(self.only_in_lab)}"
+        return text
+
+
+def join_lab(spectra: Spectra, lab: pd.DataFrame, id_col: str = "sample_id") -> tuple[Spectra, JoinReport]:
+    """Inner join of lab columns into ``spectra.meta`` by id, in the spectra's order.
+
+    Returns the matched spectra and a :class:`JoinReport`. No matching id at all, or a lab
+    column that already exists in the spectra's metadata, is an error.
+    """
+    source = lab.attrs.get("source", "lab table")
+    if id_col not in lab.columns:
+        raise SoilCarbonError(f"{source}: id column {id_col!r} not found in the lab table; pass the id column name")
+    lab_ids = lab[id_col].astype("string").str.strip()
+    if lab_ids.isna().any():
+        raise SoilCarbonError(f"{source}: {int(lab_ids.isna().sum())} lab row(s) without {id_col!r}")
+    if lab_ids.duplicated().any():
+        raise SoilCarbonError(f"{source}: duplicate ids in the lab table: "
+                              f"{_ids_text(lab_ids[lab_ids.duplicated()].unique())}; keep one row per sample")
+    spec_ids = pd.Index([str(i).strip() for i in spectra.ids])
+    lab_index = pd.Index(lab_ids.astype(object))
+    positions = lab_index.get_indexer(spec_ids)
+    matched = positions >= 0
+    only_in_spectra = [spectra.ids[i] for i in np.where(~matched)[0]]
+    only_in_lab = [i for i in lab_index if i not in set(spec_ids)]
+    report = JoinReport(n_spectra=len(spectra), n_lab=len(lab), n_matched=int(matched.sum()),
+                        only_in_spectra=only_in_spectra, only_in_lab=only_in_lab)
+    if not matched.any():
+        raise SoilCarbonError(
+            f"{source}: no lab id matches a spectrum id (spectra: {_ids_text(spectra.ids, 3)}; "
+            f"lab: {_ids_text(lab_index, 3)}); check the id column and the id rule"
+        )
+    values = lab.drop(columns=[id_col]).reset_index(drop=True)
+    clash = [c for c in values.columns if c in spectra.meta.columns]
+    if clash:
+        raise SoilCarbonError(
+            f"{source}: column(s) {_ids_text(clash)} exist in both the spectra and the lab table; "
+            "rename or drop them on one side"
+        )
+    kept = spectra.take(np.where(matched)[0])
+    lab_rows = values.iloc[positions[matched]].reset_index(drop=True)
+    meta = pd.concat([kept.meta.reset_index(drop=True), lab_rows], axis=1)
+    joined = kept.replace(meta=meta)
+    if hasattr(spectra, "detected"):
+        joined.detected = dict(spectra.detected)
+    return joined, report
