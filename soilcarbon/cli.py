@@ -26,6 +26,9 @@ def _register_all() -> None:
     from soilcarbon.spectral import commands as spectral_commands
 
     spectral_commands.register(app)
+    from soilcarbon.training import commands as training_commands
+
+    training_commands.register(app)
 
 
 _register_all()

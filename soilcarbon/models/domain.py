@@ -1,0 +1,67 @@
+"""Applicability domain: PCA Hotelling T² and Q residual (SPE) with thresholds learned on the
+training data (Jackson & Mudholkar 1979; the usual chemometric outlier check, e.g. ASTM E1655).
+
+``score = max(T²/T²_lim, Q/Q_lim)``; a sample is ``in_domain`` when ``score <= 1``. The limits
+are the ``quantile`` (default 99 %) of the training samples' own T² and Q.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.decomposition import PCA
+from sklearn.utils.validation import check_array, check_is_fitted
+
+
+class PCADomain(BaseEstimator):
+    """Hotelling T² + Q residual domain check on a feature matrix.
+
+    Parameters
+    ----------
+    variance : share of variance the retained components explain.
+    max_components : upper bound on the number of components.
+    quantile : training quantile used as the limit of T² and Q.
+    """
+
+    def __init__(self, variance: float = 0.99, max_components: int = 20, quantile: float = 0.99):
+        self.variance = variance
+        self.max_components = max_components
+        self.quantile = quantile
+
+    def fit(self, X, y=None):
+        X = check_array(X, dtype=float)
+        self.mean_ = X.mean(axis=0)
+        self.std_ = X.std(axis=0)
+        self.std_[self.std_ == 0] = 1.0
+        Xs = (X - self.mean_) / self.std_
+        full = PCA(n_components=min(self.max_components, *Xs.shape)).fit(Xs)
+        cumulative = np.cumsum(full.explained_variance_ratio_)
+        n = int(min(np.searchsorted(cumulative, self.variance) + 1, len(cumulative)))
+        self.pca_ = PCA(n_components=n).fit(Xs)
+        self.n_components_ = n
+        t2, q = self._statistics(Xs)
+        self.t2_limit_ = float(np.quantile(t2, self.quantile)) or 1e-12
+        self.q_limit_ = float(np.quantile(q, self.quantile)) or 1e-12
+        return self
+
+    def _statistics(self, Xs):
+        scores = self.pca_.transform(Xs)
+        t2 = np.sum(scores**2 / self.pca_.explained_variance_, axis=1)
+        residual = Xs - self.pca_.inverse_transform(scores)
+        return t2, np.sum(residual**2, axis=1)
+
+    def scores(self, X) -> np.ndarray:
+        """Standardized PCA scores (t / sqrt(λ)), the coordinates the interval model uses."""
+        check_is_fitted(self, "pca_")
+        Xs = (check_array(X, dtype=float) - self.mean_) / self.std_
+        return self.pca_.transform(Xs) / np.sqrt(self.pca_.explained_variance_)
+
+    def score_samples(self, X) -> np.ndarray:
+        """Domain score per sample: max(T²/T²_lim, Q/Q_lim); above 1 means out of domain."""
+        check_is_fitted(self, "pca_")
+        Xs = (check_array(X, dtype=float) - self.mean_) / self.std_
+        t2, q = self._statistics(Xs)
+        return np.maximum(t2 / self.t2_limit_, q / self.q_limit_)
+
+    def in_domain(self, X) -> np.ndarray:
+        return self.score_samples(X) <= 1.0

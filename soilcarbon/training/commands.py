@@ -1,0 +1,199 @@
+"""``soilcarbon train`` and ``soilcarbon models list|promote``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from soilcarbon.errors import SoilCarbonError
+
+models_app = typer.Typer(help="Registered models: list them, promote a version to an alias.", no_args_is_help=True)
+
+
+class ProgressBar:
+    """A rich progress bar on stderr behind the ``progress(total=, advance=, description=)`` callable."""
+
+    def __init__(self, quiet: bool):
+        self.progress = None if quiet else Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True)
+        self.task = None
+
+    def __enter__(self):
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.stop()
+
+    def __call__(self, total=None, advance=0, description=None):
+        if not self.progress:
+            return
+        if self.task is None:
+            self.task = self.progress.add_task(description or "working", total=total)
+        elif total is not None:
+            self.progress.update(self.task, total=total, description=description)
+        if advance:
+            self.progress.advance(self.task, advance)
+
+
+def _metrics_table(result) -> Table:
+    table = Table(title=f"Cross-validated accuracy of {result.data.target} ({result.cv_scheme})")
+    for column in ("n", "RMSE", "R²", "RPIQ", "bias", "PICP", "mean width"):
+        table.add_column(column, justify="right")
+    m = result.metrics
+    table.add_row(f"{int(m['n'])}", f"{m['rmse']:.4f}", f"{m['r2']:.3f}", f"{m['rpiq']:.2f}", f"{m['bias']:+.4f}",
+                  f"{m.get('picp', float('nan')):.3f}", f"{m.get('mean_width', float('nan')):.4f}")
+    return table
+
+
+def _candidates_table(result, limit: int = 10) -> Table:
+    table = Table(title="Model selection (inner CV on all samples)")
+    for column in ("candidate", "CV RMSE", "seconds"):
+        table.add_column(column, justify="right" if column != "candidate" else "left")
+    for row in result.selection.table().head(limit).itertuples():
+        table.add_row(row.candidate, f"{row.cv_rmse:.4f}", f"{row.seconds:.1f}")
+    return table
+
+
+def train_command(
+    spectra: Optional[Path] = typer.Option(None, "--spectra", help="Spectra: CSV/Parquet table, OPUS file or folder."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target column (in the spectra table or --lab)."),
+    lab: Optional[Path] = typer.Option(None, "--lab", help="Lab table (CSV) joined by id."),
+    covariates: Optional[Path] = typer.Option(None, "--covariates", help="Per-sample covariates table joined by id."),
+    id_col: str = typer.Option("sample_id", "--id-col", help="Id column of tables."),
+    config_path: Optional[Path] = typer.Option(None, "--config", help="Training configuration (YAML)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Registered model name (default soc-TARGET)."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Column with outer fold labels."),
+    group: Optional[str] = typer.Option(None, "--group", help="Column with groups kept together in CV."),
+    cv_scheme: Optional[str] = typer.Option(None, "--cv", help="kfold | group | folds | spatial."),
+    coords: Optional[str] = typer.Option(None, "--coords", help="X_COL,Y_COL for spatial CV."),
+    block_size: Optional[float] = typer.Option(None, "--block-size", help="Spatial block size in metres."),
+    oof_output: Optional[Path] = typer.Option(None, "--oof-output", help="Write out-of-fold predictions (CSV)."),
+    target_unit: str = typer.Option("", "--target-unit", help="Unit of the target, e.g. '%' or 'g/kg'."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="Spectral unit when it cannot be detected."),
+    nested: bool = typer.Option(True, "--nested/--no-nested", help="Nested CV for honest accuracy (default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the model URI."),
+    print_default_config: bool = typer.Option(False, "--print-default-config", help="Print the default config."),
+):
+    """Calibrate a SOC model, report cross-validated accuracy, register it in MLflow.
+
+    The last line on stdout is the registered model URI, models:/NAME/VERSION.
+    """
+    from soilcarbon.training.config import DEFAULT_CONFIG, load_config
+
+    if print_default_config:
+        typer.echo(DEFAULT_CONFIG, nl=False)
+        return
+    if not target:
+        raise SoilCarbonError("--target is required: the lab column to calibrate against")
+    if spectra is None and covariates is None:
+        raise SoilCarbonError("give --spectra, --covariates or both")
+    config = load_config(config_path)
+    coord_cols = None
+    if coords:
+        parts = [c.strip() for c in coords.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise SoilCarbonError(f"--coords must be X_COL,Y_COL, got {coords!r}")
+        coord_cols = (parts[0], parts[1])
+    if cv_scheme is not None and cv_scheme not in ("kfold", "group", "folds", "spatial"):
+        raise SoilCarbonError(f"--cv must be kfold, group, folds or spatial, got {cv_scheme!r}")
+    if cv_scheme == "spatial" and not coord_cols:
+        raise SoilCarbonError("--cv spatial needs --coords X_COL,Y_COL")
+    config = config.with_overrides(scheme=cv_scheme, block_size=block_size)
+    if cv_scheme in ("kfold", "group"):
+        coord_cols = None  # coordinates given but another scheme asked for
+    if oof_output is not None:
+        folder = oof_output.parent if str(oof_output.parent) else Path(".")
+        if not folder.is_dir():
+            raise SoilCarbonError(f"{oof_output}: folder {folder} does not exist; create it first")
+    console = Console(quiet=quiet)
+    data_spectra, cov_table = _load_inputs(spectra, lab, covariates, id_col, unit, console)
+    from soilcarbon.training.train import train
+
+    with ProgressBar(quiet) as progress:
+        result = train(data_spectra, target, cov_table, config, id_col, folds, group, coord_cols, nested,
+                       progress, covariates_source=str(covariates) if covariates else "covariates")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(_candidates_table(result))
+    console.print(_metrics_table(result))
+    console.print(f"selected: {result.selection.name}  ({result.seconds:.1f} s)")
+    if oof_output is not None:
+        from soilcarbon.atomic import atomic_path
+
+        with atomic_path(oof_output) as tmp:
+            result.oof.to_csv(tmp, index=False)
+        console.print(f"out-of-fold predictions: {oof_output}")
+    from soilcarbon.training.tracking import log_training
+
+    uri = log_training(result, name or f"soc-{target}", {
+        "spectra": str(spectra) if spectra else "", "lab": str(lab) if lab else "",
+        "covariates": str(covariates) if covariates else "", "config": str(config_path) if config_path else "default",
+    }, target_unit)
+    typer.echo(uri)
+
+
+def _load_inputs(spectra, lab, covariates, id_col, unit, console):
+    from soilcarbon.spectral.lab import join_lab, read_lab
+    from soilcarbon.spectral.readers import read_spectra
+
+    data_spectra = cov_table = None
+    lab_table = read_lab(lab, id_col) if lab else None
+    if spectra is not None:
+        data_spectra = read_spectra(spectra, id_col=id_col, unit=unit)
+        if lab_table is not None:
+            data_spectra, report = join_lab(data_spectra, lab_table, id_col)
+            if report.only_in_spectra or report.only_in_lab:
+                console.print(f"[yellow]note:[/] {report.summary()}")
+    if covariates is not None:
+        from soilcarbon.spectral.lab import read_lab as read_table
+
+        cov_table = read_table(covariates, id_col)
+        if lab_table is not None and spectra is None:
+            overlap = [c for c in lab_table.columns if c in cov_table.columns and c != id_col]
+            cov_table = cov_table.merge(lab_table.drop(columns=overlap), on=id_col, how="inner")
+            if cov_table.empty:
+                raise SoilCarbonError(f"{lab}: no sample id matches the covariates table {covariates}")
+    return data_spectra, cov_table
+
+
+@models_app.command("list")
+def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Registered models, versions, aliases and cross-validated metrics."""
+    from soilcarbon.training.tracking import list_models
+
+    rows = list_models()
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(title="Registered models")
+    for column in ("name", "version", "aliases", "target", "CV RMSE", "PICP", "CV scheme"):
+        table.add_column(column)
+    for row in rows:
+        m = row["metrics"]
+        table.add_row(row["name"], str(row["version"]), ",".join(row["aliases"]), row["target"],
+                      f"{m.get('rmse', float('nan')):.4g}", f"{m.get('picp', float('nan')):.3f}", row["cv_scheme"])
+    Console().print(table)
+
+
+@models_app.command("promote")
+def promote_command(name: str, version: str, alias: str = typer.Option("champion", "--alias")):
+    """Point an alias (default: champion) at a model version."""
+    from soilcarbon.training.tracking import promote
+
+    promote(name, version, alias)
+    typer.echo(f"models:/{name}@{alias} -> version {version}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    app.add_typer(models_app, name="models")

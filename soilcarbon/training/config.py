@@ -1,0 +1,210 @@
+"""Training configuration: preprocessing, candidate models and their search space, CV scheme,
+interval level, target transforms. Read from YAML; ``DEFAULT_CONFIG`` is the shipped default.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from soilcarbon.errors import SoilCarbonError
+
+DEFAULT_CONFIG = """\
+# soilcarbon default training configuration (soilcarbon train --print-default-config)
+# Every choice below is made by cross-validation on the training data only.
+
+# Spectral preprocessing applied before every spectral model (names: trim, resample,
+# absorbance, savgol, snv, msc, detrend).
+preprocessing:
+  - {name: savgol, window_length: 11, polyorder: 2, deriv: 1}
+  - {name: snv}
+
+# Target transforms tried for every candidate: none, log (natural log; needs y > 0), sqrt.
+target_transforms: [none, log]
+
+# Candidate models and their search space (every combination is cross-validated).
+#   pls        PLS regression on the preprocessed spectra
+#   mbl        memory-based learning: local PLS on each query's spectral neighbours
+#   lightgbm   gradient boosting on PCA scores of the spectra and the covariates
+#   covariates gradient boosting on the covariates only (used when covariates are given)
+candidates:
+  - model: pls
+    grid: {n_components: [4, 6, 8, 10, 12, 14, 16, 18, 20]}
+  - model: mbl
+    grid: {k: [60, 120], min_components: [3], max_components: [15]}
+  - model: lightgbm
+    grid: {n_pca: [20], n_estimators: [400], learning_rate: [0.05], num_leaves: [15]}
+  - model: covariates
+    grid: {n_estimators: [400], learning_rate: [0.05], num_leaves: [15]}
+
+# Stack the best candidates (non-negative weights fitted on out-of-fold predictions)
+# when that beats the best single model in cross-validation.
+ensemble: {enabled: true, max_members: 3}
+
+# Cross-validation: the outer scheme reports honest accuracy (model selection is nested
+# inside every outer fold); the inner scheme selects the model.
+cv:
+  scheme: kfold        # kfold | group (needs --group) | folds (needs --folds) | spatial (needs --coords)
+  folds: 10
+  inner_folds: 5
+  seed: 0
+  block_size: null     # metres, for scheme spatial (default: a tenth of the extent)
+
+# Prediction intervals: normalized split-free conformal calibration on out-of-fold residuals.
+interval:
+  level: 0.90
+  neighbours: 30
+
+# Applicability domain: PCA Hotelling T2 and Q residual, thresholds from the training data.
+domain:
+  variance: 0.99
+  max_components: 20
+  quantile: 0.99
+"""
+
+MODELS = ("pls", "mbl", "lightgbm", "covariates")
+TRANSFORMS = ("none", "log", "sqrt")
+SCHEMES = ("kfold", "group", "folds", "spatial")
+
+
+@dataclass
+class CandidateSpec:
+    """One concrete candidate: a model family, its parameters and a target transform."""
+
+    model: str
+    params: dict
+    transform: str = "none"
+
+    @property
+    def name(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.model}({args})|{self.transform}"
+
+
+@dataclass
+class TrainConfig:
+    """Validated training configuration."""
+
+    preprocessing: list = field(default_factory=list)
+    target_transforms: list = field(default_factory=lambda: ["none"])
+    candidates: list = field(default_factory=list)
+    ensemble: dict = field(default_factory=lambda: {"enabled": True, "max_members": 3})
+    cv: dict = field(default_factory=dict)
+    interval: dict = field(default_factory=dict)
+    domain: dict = field(default_factory=dict)
+    source: str = "default"
+
+    @property
+    def level(self) -> float:
+        return float(self.interval.get("level", 0.9))
+
+    def expand(self, has_spectra: bool, has_covariates: bool) -> list[CandidateSpec]:
+        """All concrete candidates that fit the data at hand."""
+        specs = []
+        for entry in self.candidates:
+            model = entry["model"]
+            if model == "covariates" and (not has_covariates or has_spectra):
+                continue
+            if model in ("pls", "mbl", "lightgbm") and not has_spectra:
+                continue
+            grid = entry.get("grid", {}) or {}
+            keys = sorted(grid)
+            values = [v if isinstance(v, list) else [v] for v in (grid[k] for k in keys)]
+            for combo in itertools.product(*values):
+                for transform in self.target_transforms:
+                    specs.append(CandidateSpec(model, dict(zip(keys, combo)), transform))
+        if not specs and has_covariates and not has_spectra:
+            specs = [CandidateSpec("covariates", {}, t) for t in self.target_transforms]
+        if not specs:
+            raise SoilCarbonError(f"{self.source}: no candidate model fits the data (check 'candidates')")
+        return specs
+
+    def to_dict(self) -> dict:
+        return {
+            "preprocessing": self.preprocessing,
+            "target_transforms": self.target_transforms,
+            "candidates": self.candidates,
+            "ensemble": self.ensemble,
+            "cv": self.cv,
+            "interval": self.interval,
+            "domain": self.domain,
+        }
+
+    def with_overrides(self, **cv) -> "TrainConfig":
+        """A copy whose ``cv`` section has some keys replaced (None values are ignored)."""
+        new = copy.deepcopy(self)
+        new.cv.update({k: v for k, v in cv.items() if v is not None})
+        return new
+
+
+def _check(condition: bool, source: str, message: str) -> None:
+    if not condition:
+        raise SoilCarbonError(f"{source}: {message}")
+
+
+def parse_config(data: dict, source: str = "config") -> TrainConfig:
+    """Validate a configuration mapping, filling missing sections from the default."""
+    _check(isinstance(data, dict), source, "the configuration must be a YAML mapping")
+    default = yaml.safe_load(DEFAULT_CONFIG)
+    unknown = set(data) - set(default)
+    _check(not unknown, source, f"unknown section(s) {sorted(unknown)}; known: {sorted(default)}")
+    merged = {**default, **data}
+    for section in ("cv", "interval", "domain", "ensemble"):
+        if isinstance(data.get(section), dict):
+            merged[section] = {**default[section], **data[section]}
+        _check(isinstance(merged[section], dict), source, f"'{section}' must be a mapping")
+    _check(isinstance(merged["preprocessing"], list), source, "'preprocessing' must be a list of steps")
+    for step in merged["preprocessing"]:
+        _check(isinstance(step, dict) and "name" in step, source,
+               f"preprocessing step {step!r} needs a 'name'")
+    transforms = merged["target_transforms"]
+    if isinstance(transforms, str):
+        transforms = [transforms]
+    _check(isinstance(transforms, list) and transforms, source, "'target_transforms' must be a non-empty list")
+    for t in transforms:
+        _check(t in TRANSFORMS, source, f"unknown target transform {t!r}; use one of {list(TRANSFORMS)}")
+    _check(isinstance(merged["candidates"], list) and merged["candidates"], source,
+           "'candidates' must be a non-empty list")
+    for entry in merged["candidates"]:
+        _check(isinstance(entry, dict) and entry.get("model") in MODELS, source,
+               f"candidate {entry!r}: 'model' must be one of {list(MODELS)}")
+        _check(isinstance(entry.get("grid", {}) or {}, dict), source,
+               f"candidate {entry['model']}: 'grid' must be a mapping of parameter -> list of values")
+    cv = merged["cv"]
+    _check(cv.get("scheme") in SCHEMES, source, f"cv.scheme must be one of {list(SCHEMES)}")
+    for key in ("folds", "inner_folds"):
+        _check(isinstance(cv.get(key), int) and cv[key] >= 2, source, f"cv.{key} must be an integer >= 2")
+    level = merged["interval"].get("level")
+    _check(isinstance(level, (int, float)) and 0 < level < 1, source, "interval.level must be between 0 and 1")
+    return TrainConfig(
+        preprocessing=merged["preprocessing"],
+        target_transforms=list(transforms),
+        candidates=merged["candidates"],
+        ensemble=merged["ensemble"],
+        cv=dict(cv),
+        interval=dict(merged["interval"]),
+        domain=dict(merged["domain"]),
+        source=source,
+    )
+
+
+def load_config(path=None) -> TrainConfig:
+    """The configuration from a YAML file, or the default when ``path`` is None."""
+    if path is None:
+        return parse_config(yaml.safe_load(DEFAULT_CONFIG), "default config")
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SoilCarbonError(f"{path}: cannot read the config ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SoilCarbonError(f"{path}: not valid YAML{where}; fix the syntax") from exc
+    return parse_config(data if data is not None else {}, str(path))

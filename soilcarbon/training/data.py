@@ -1,0 +1,134 @@
+"""Assemble a training set: join spectra, lab values and covariates by sample id, pick the target,
+drop (and count) rows without a target, and build the model matrix ``[spectra | covariates]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from soilcarbon.errors import SoilCarbonError
+from soilcarbon.models.layout import FeatureLayout, numeric_block
+from soilcarbon.spectral.spectra import Spectra
+
+
+@dataclass
+class TrainingSet:
+    """Rows with a target, in one order: ids, matrix, target, and every other column."""
+
+    ids: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+    layout: FeatureLayout
+    columns: pd.DataFrame
+    target: str
+    n_dropped: int = 0
+    notes: list = field(default_factory=list)
+
+    def column(self, name: str, what: str) -> np.ndarray:
+        if name not in self.columns.columns:
+            raise SoilCarbonError(
+                f"{what} column {name!r} not found; available: {', '.join(map(str, self.columns.columns[:12]))}"
+            )
+        return self.columns[name].to_numpy()
+
+
+def _read_covariates(covariates: pd.DataFrame, id_col: str, reserved: set, source: str) -> list[str]:
+    names = [c for c in covariates.columns if c != id_col and c not in reserved]
+    for name in names:
+        column = covariates[name]
+        if not pd.api.types.is_numeric_dtype(column):
+            bad = pd.to_numeric(column, errors="coerce").isna() & column.notna()
+            if bad.any():
+                row = int(np.where(bad)[0][0])
+                raise SoilCarbonError(
+                    f"{source}: covariate column {name!r} is not numeric (sample {covariates[id_col].iloc[row]} has "
+                    f"{column.iloc[row]!r}); remove the column or fix the value"
+                )
+    if not names:
+        raise SoilCarbonError(f"{source}: no covariate columns besides {id_col!r}")
+    return names
+
+
+def assemble(spectra: Spectra | None, target: str, covariates: pd.DataFrame | None = None,
+             id_col: str = "sample_id", reserved: tuple = (), covariates_source: str = "covariates") -> TrainingSet:
+    """Join the sources by id (inner join, reported), select rows with a finite target.
+
+    ``reserved`` names columns of the covariates table that are not features (folds, groups,
+    coordinates, the target itself).
+    """
+    if spectra is None and covariates is None:
+        raise SoilCarbonError("nothing to train on: give spectra, covariates or both")
+    notes = []
+    frames = []
+    if spectra is not None:
+        frames.append(pd.DataFrame({id_col: spectra.ids}).join(spectra.meta.drop(columns=[id_col], errors="ignore")))
+    cov_names: list[str] = []
+    if covariates is not None:
+        if id_col not in covariates.columns:
+            raise SoilCarbonError(f"{covariates_source}: id column {id_col!r} not found")
+        covariates = covariates.copy()
+        covariates[id_col] = covariates[id_col].astype(str).str.strip()
+        dup = covariates[id_col][covariates[id_col].duplicated()]
+        if len(dup):
+            raise SoilCarbonError(f"{covariates_source}: duplicate sample id {dup.iloc[0]!r}")
+        reserved_set = set(reserved) | {target}
+        if spectra is not None:
+            reserved_set |= set(spectra.meta.columns)
+        cov_names = _read_covariates(covariates, id_col, reserved_set, covariates_source)
+        frames.append(covariates)
+    table = frames[0]
+    if len(frames) == 2:
+        only_spectra = sorted(set(table[id_col]) - set(frames[1][id_col]))
+        only_cov = sorted(set(frames[1][id_col]) - set(table[id_col]))
+        overlap = [c for c in frames[1].columns if c in table.columns and c != id_col]
+        table = table.merge(frames[1].drop(columns=overlap), on=id_col, how="inner")
+        if table.empty:
+            raise SoilCarbonError(
+                f"{covariates_source}: no sample id matches the spectra (spectra ids like "
+                f"{', '.join(only_spectra[:3])}; covariate ids like {', '.join(only_cov[:3])})"
+            )
+        if only_spectra or only_cov:
+            notes.append(f"{len(only_spectra)} spectra without covariates and {len(only_cov)} covariate rows "
+                         "without spectra were left out")
+    if target not in table.columns:
+        raise SoilCarbonError(
+            f"target column {target!r} not found; available columns: "
+            f"{', '.join(c for c in map(str, table.columns) if c != id_col) or 'none'} (use --lab for a lab table)"
+        )
+    raw = table[target]
+    y_all = pd.to_numeric(raw, errors="coerce")
+    bad = y_all.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+    if bad.any():
+        row = int(np.where(bad)[0][0])
+        raise SoilCarbonError(
+            f"target column {target!r} is not numeric: sample {table[id_col].iloc[row]} has {raw.iloc[row]!r}"
+        )
+    keep = np.isfinite(y_all.to_numpy(dtype=float))
+    n_dropped = int((~keep).sum())
+    if n_dropped:
+        notes.append(f"{n_dropped} sample(s) without a {target} value were dropped")
+    table = table[keep].reset_index(drop=True)
+    y = y_all[keep].to_numpy(dtype=float)
+    if len(y) == 0:
+        raise SoilCarbonError(f"no sample has a value for target {target!r}")
+    if np.ptp(y) == 0:
+        raise SoilCarbonError(f"target {target!r} is constant ({y[0]:g}) in all {len(y)} samples; nothing to calibrate")
+    ids = table[id_col].astype(str).to_numpy()
+    layout = FeatureLayout(
+        axis=None if spectra is None else spectra.axis.copy(),
+        unit=None if spectra is None else spectra.unit,
+        covariates=cov_names,
+    )
+    blocks = []
+    if spectra is not None:
+        blocks.append(spectra.select(ids).values)
+    if cov_names:
+        blocks.append(numeric_block(table[cov_names], "covariates"))
+    X = np.hstack(blocks)
+    if spectra is not None and np.isnan(X[:, : layout.n_spectral]).any():
+        row = int(np.where(np.isnan(X[:, : layout.n_spectral]).any(axis=1))[0][0])
+        raise SoilCarbonError(f"spectrum of sample {ids[row]} has missing values; remove or fix it before training")
+    return TrainingSet(ids, X, y, layout, table, target, n_dropped, notes)
