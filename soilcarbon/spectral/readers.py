@@ -135,7 +135,8 @@ def read_table(path, id_col: str = "sample_id", unit: str | None = None, allow_n
         raise SoilCarbonError(f"{path}: cannot read the file ({exc.strerror or exc}); check its permissions") from exc
     frame = _table_to_frame(table, id_col, path)
     if id_col in frame.columns:
-        frame[id_col] = frame[id_col].astype("string").str.strip()
+        ids = frame[id_col].astype("string").str.strip()
+        frame[id_col] = ids.mask(ids == "")  # an empty id is a missing id
     spectra = Spectra.from_frame(frame, id_col=id_col, unit=unit, source=str(path), allow_nan=allow_nan)
     spectra.detected = dict(spectra.detected, format=kind, files=1, failures=[])
     if stored_unit:
