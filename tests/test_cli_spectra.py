@@ -234,3 +234,22 @@ def test_skip_bad_reports_skipped_files(run_cli, opus_dir, tmp_path):
     assert code == 0, err
     info = json.loads(out)
     assert info["n_samples"] == 3 and [f["file"] for f in info["failures"]] == ["CUT_S_1.0"]
+
+
+def test_inspect_reports_missing_spectral_values_but_convert_refuses_them(tmp_path, capsys):
+    from soilcarbon.cli import main
+
+    path = tmp_path / "gaps.csv"
+    path.write_text("sample_id,wn_4000,wn_3998,wn_3996\nA,1,,3\nB,1,2,3\nC,,,3\n")
+    main(["spectra", "inspect", str(path), "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert (info["n_missing"], info["samples_with_missing"]) == (3, ["A", "C"])
+    assert (info["axis_unit"], info["unit_from"], info["column_prefix"]) == ("cm-1", "prefix 'wn_'", "wn_")
+    out_path = tmp_path / "gaps.parquet"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["spectra", "convert", str(path), str(out_path)])
+    assert exit_info.value.code == 2
+    assert "missing values in sample(s) A, C" in only_error_line(capsys.readouterr().err)
+    assert not out_path.exists()
+    main(["spectra", "convert", str(path), str(out_path), "--allow-missing"])
+    assert pq.read_table(out_path).num_rows == 3
