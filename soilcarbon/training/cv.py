@@ -67,26 +67,28 @@ def to_metres(x, y) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def spatial_labels(x, y, n_folds: int, block_size: float | None = None) -> tuple[np.ndarray, float]:
-    """Fold labels from square spatial blocks; returns (labels, block size used in metres).
-
-    The default block size is a tenth of the larger extent of the points.
-    """
+def spatial_blocks(x, y, block_size: float | None = None) -> tuple[np.ndarray, float]:
+    """Block id per sample from square cells of ``block_size`` metres anchored at 0 (default
+    size: a tenth of the larger extent of the points); returns (block ids, size)."""
     xm, ym = to_metres(x, y)
     if block_size is None:
         extent = max(np.ptp(xm), np.ptp(ym))
         block_size = extent / 10 if extent > 0 else 1.0
     if block_size <= 0:
         raise SoilCarbonError("--block-size must be positive (metres)")
-    cells = np.floor((xm - xm.min()) / block_size).astype(np.int64) * 1_000_003 + np.floor(
-        (ym - ym.min()) / block_size
-    ).astype(np.int64)
+    cells = np.floor(xm / block_size).astype(np.int64) * 1_000_003 + np.floor(ym / block_size).astype(np.int64)
+    return cells, float(block_size)
+
+
+def spatial_labels(x, y, n_folds: int, block_size: float | None = None) -> tuple[np.ndarray, float]:
+    """Fold labels from square spatial blocks spread over folds; returns (labels, block size)."""
+    cells, block_size = spatial_blocks(x, y, block_size)
     n_cells = len(np.unique(cells))
     if n_cells < n_folds:
         raise SoilCarbonError(
             f"only {n_cells} spatial blocks of {block_size:.0f} m for {n_folds} folds; use a smaller --block-size"
         )
-    return group_labels(cells, n_folds), float(block_size)
+    return group_labels(cells, n_folds), block_size
 
 
 def inner_labels(n_samples: int, n_folds: int, seed: int, groups=None) -> np.ndarray:

@@ -104,8 +104,7 @@ def outer_labels(data: TrainingSet, config: TrainConfig, folds: str | None, grou
         x = pd.to_numeric(pd.Series(data.column(coords[0], "x coordinate")), errors="coerce")
         y = pd.to_numeric(pd.Series(data.column(coords[1], "y coordinate")), errors="coerce")
         labels, size = cv.spatial_labels(x, y, n_folds, config.cv.get("block_size"))
-        blocks = np.floor(np.column_stack(cv.to_metres(x, y)) / size).astype(np.int64)
-        block_ids = blocks[:, 0] * 1_000_003 + blocks[:, 1]
+        block_ids, _ = cv.spatial_blocks(x, y, size)
         return labels, f"spatial blocks of {size:.0f} m, {n_folds} folds", block_ids
     if scheme == "group":
         if not group:

@@ -1,0 +1,162 @@
+"""Unit behaviour of the training parts: config, CV schemes, metrics, conformal intervals, domain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from soilcarbon.errors import SoilCarbonError
+from soilcarbon.models.domain import PCADomain
+from soilcarbon.models.ensemble import stacking_weights
+from soilcarbon.models.intervals import NormalizedConformal, conformal_quantile
+from soilcarbon.training import cv
+from soilcarbon.training.config import DEFAULT_CONFIG, load_config, parse_config
+from soilcarbon.training.metrics import regression_metrics
+
+
+# ---------------------------------------------------------------- metrics
+def test_metrics_match_hand_computed_values():
+    observed = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    predicted = np.array([1.5, 2.0, 2.5, 4.5, 5.0])
+    m = regression_metrics(observed, predicted, observed - 0.4, observed + 0.4)
+    # errors 0.5, 0, -0.5, 0.5, 0 -> MSE = 0.75/5 = 0.15
+    assert m["rmse"] == pytest.approx(np.sqrt(0.15))
+    assert m["bias"] == pytest.approx(0.1)
+    assert m["r2"] == pytest.approx(1 - 0.75 / 10.0)
+    assert m["rpiq"] == pytest.approx((4.0 - 2.0) / np.sqrt(0.15))
+    assert m["picp"] == 1.0 and m["mean_width"] == pytest.approx(0.8)
+    m = regression_metrics(observed, predicted, predicted - 0.1, predicted + 0.1)
+    assert m["picp"] == pytest.approx(2 / 5)  # samples 2 and 5 are predicted exactly
+
+
+# ----------------------------------------------------------------- config
+def test_default_config_parses_and_round_trips():
+    config = load_config()
+    assert config.level == pytest.approx(0.9)
+    again = parse_config(yaml.safe_load(yaml.safe_dump(config.to_dict())))
+    assert again.to_dict() == config.to_dict()
+    specs = config.expand(has_spectra=True, has_covariates=False)
+    assert specs and all(s.model != "covariates" for s in specs)
+    only_cov = config.expand(has_spectra=False, has_covariates=True)
+    assert {s.model for s in only_cov} == {"covariates"}
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("cv: {folds: 1}", "cv.folds"),
+    ("interval: {level: 1.5}", "interval.level"),
+    ("candidates: [{model: forest}]", "'model' must be one of"),
+    ("target_transforms: [cube]", "unknown target transform"),
+    ("bogus: 1", "unknown section"),
+    ("cv: [1, 2", "not valid YAML"),
+])
+def test_bad_configs_are_named(tmp_path, text, fragment):
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    with pytest.raises(SoilCarbonError, match=fragment) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SoilCarbonError, match="cannot read the config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_default_config_text_is_what_print_shows():
+    assert yaml.safe_load(DEFAULT_CONFIG)["interval"]["level"] == 0.9
+
+
+# --------------------------------------------------------------------- cv
+def test_kfold_labels_are_balanced_and_cover_everything():
+    labels = cv.kfold_labels(23, 5, seed=1)
+    assert sorted(np.bincount(labels)) == [4, 4, 5, 5, 5]
+    with pytest.raises(SoilCarbonError, match="3 samples with a target but 5 folds"):
+        cv.kfold_labels(3, 5)
+
+
+def test_group_labels_never_split_a_group():
+    groups = np.repeat(np.arange(12), 3)
+    labels = cv.group_labels(groups, 4)
+    for g in range(12):
+        assert len(set(labels[groups == g])) == 1
+    with pytest.raises(SoilCarbonError, match="groups"):
+        cv.group_labels(np.repeat([1, 2], 5), 3)
+
+
+def test_spatial_blocks_keep_nearby_points_together():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 10_000, 300)  # projected metres
+    y = rng.uniform(0, 10_000, 300)
+    labels, size = cv.spatial_labels(x, y, 5, block_size=2_000)
+    assert size == 2_000
+    cells = np.floor(x / 2000).astype(int) * 100 + np.floor(y / 2000).astype(int)
+    for cell in np.unique(cells):
+        assert len(set(labels[cells == cell])) == 1
+    with pytest.raises(SoilCarbonError, match="spatial blocks"):
+        cv.spatial_labels(x, y, 5, block_size=20_000)
+
+
+def test_lonlat_is_projected_to_metres():
+    # 0.01 degree of latitude is about 1112 m everywhere
+    _, ym = cv.to_metres(np.array([4.0, 4.0]), np.array([50.0, 50.01]))
+    assert np.diff(ym)[0] == pytest.approx(1112, rel=0.01)
+
+
+def test_given_fold_labels_are_recoded():
+    assert list(cv.given_labels(["b", "a", "b", "c"])) == [1, 0, 1, 2]
+    with pytest.raises(SoilCarbonError, match="single fold"):
+        cv.given_labels(["a", "a"])
+
+
+# ---------------------------------------------------------- conformal
+def test_conformal_quantile_rank():
+    scores = np.arange(1, 20, dtype=float)  # n = 19 -> rank ceil(20 * 0.9) = 18
+    assert conformal_quantile(scores, 0.9) == 18.0
+    assert conformal_quantile(scores[:5], 0.9) == float("inf")
+
+
+def test_normalized_conformal_covers_and_adapts():
+    rng = np.random.default_rng(0)
+    n = 2000
+    z = rng.uniform(-1, 1, (n, 1))
+    noise_sd = np.where(z[:, 0] > 0, 2.0, 0.2)  # hard region z > 0, easy region z < 0
+    y = rng.normal(0, noise_sd)
+    y_hat = np.zeros(n)  # the true mean
+    cal = NormalizedConformal(n_neighbors=50).fit(z[:1000], y[:1000], y_hat[:1000])
+    lower, upper = cal.interval(z[1000:], y_hat[1000:], level=0.9)
+    inside = (y[1000:] >= lower) & (y[1000:] <= upper)
+    assert 0.87 <= inside.mean() <= 0.93
+    hard = z[1000:, 0] > 0
+    assert np.mean(upper[hard] - lower[hard]) > 5 * np.mean(upper[~hard] - lower[~hard])
+    # each region is covered on its own, which a constant width could not do
+    assert inside[hard].mean() > 0.85 and inside[~hard].mean() > 0.85
+
+
+def test_lower_bound_clips_intervals():
+    cal = NormalizedConformal(n_neighbors=5, lower_bound=0.0).fit(np.zeros((20, 1)), np.linspace(0, 1, 20),
+                                                                  np.full(20, 0.5))
+    lower, _ = cal.interval(np.zeros((3, 1)), np.array([0.0, 0.1, 0.5]))
+    assert (lower >= 0).all()
+
+
+def test_stacking_weights_recover_a_known_mixture():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=200), rng.normal(size=200)
+    y = 0.7 * a + 0.3 * b
+    assert stacking_weights(np.column_stack([a, b]), y) == pytest.approx([0.7, 0.3], abs=1e-9)
+
+
+# ---------------------------------------------------------------- domain
+def test_domain_flags_foreign_spectra(nirsoil_csv, corn_dir):
+    soil = pd.read_csv(nirsoil_csv)
+    X = soil[[c for c in soil.columns if c.isdigit()]].to_numpy()
+    domain = PCADomain(variance=0.99, quantile=0.99).fit(X[:500])
+    own = domain.in_domain(X[500:])
+    assert own.mean() > 0.9  # unseen soil from the same campaign is mostly in domain
+    corn = pd.read_csv(corn_dir / "corn_m5.csv")
+    corn_X = corn[[c for c in corn.columns if c.isdigit()]].to_numpy()
+    assert corn_X.shape[1] == X.shape[1]  # same 1100-2498 nm grid
+    assert not domain.in_domain(corn_X).any()  # corn is not soil
+    assert (domain.score_samples(corn_X) > 1).all()
