@@ -6,9 +6,9 @@
   ``pandas.read_csv`` of the same file (which gives a DataFrame, not validated spectra).
 
 The ratio is ours / baseline in throughput (above 1: faster than the baseline). Median of
-``--repeats`` runs; both sides are timed in the same run because these machines are noisy.
+``--repeats`` runs, ours and the baseline interleaved, because these machines are noisy.
 
-    .venv/bin/python benchmarks/bench_read.py [--repeats 5] [--rows 10000]
+    .venv/bin/python benchmarks/bench_read.py [--repeats 7] [--rows 10000]
 """
 
 from __future__ import annotations
@@ -27,15 +27,18 @@ from soilcarbon.spectral.readers import read_opus_folder, read_table
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def timed(function, repeats: int) -> float:
-    """Median wall time of ``function()`` over ``repeats`` runs (after one warm-up)."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed_pair(ours, baseline, repeats: int) -> tuple[float, float]:
+    """Median wall times of ``ours()`` and ``baseline()``, interleaved run by run (after a warm-up)
+    and alternating which goes first, so load changes on a shared machine hit both alike."""
+    ours(), baseline()
+    times = ([], [])
+    for i in range(repeats):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for which in order:
+            start = time.perf_counter()
+            (ours, baseline)[which]()
+            times[which].append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def make_csv(path: Path, rows: int, seed: int = 0) -> int:
@@ -54,7 +57,7 @@ def make_csv(path: Path, rows: int, seed: int = 0) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rows", type=int, default=10_000)
     args = parser.parse_args()
 
@@ -64,8 +67,8 @@ def main() -> None:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     spectra, failures = read_opus_folder(folder)
     assert spectra.n_samples == len(files) and not failures
-    ours_opus = timed(lambda: read_opus_folder(folder), args.repeats)
-    base_opus = timed(lambda: [bruker_read_opus(str(p)).a.y for p in files], args.repeats)
+    ours_opus, base_opus = timed_pair(lambda: read_opus_folder(folder),
+                                      lambda: [bruker_read_opus(str(p)).a.y for p in files], args.repeats)
 
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = Path(tmp) / "spectra.csv"
@@ -73,8 +76,7 @@ def main() -> None:
         size_mb = csv_path.stat().st_size / 1e6
         check = read_table(csv_path)
         assert check.n_samples == args.rows and check.n_points == bands
-        ours_csv = timed(lambda: read_table(csv_path), args.repeats)
-        base_csv = timed(lambda: pd.read_csv(csv_path), args.repeats)
+        ours_csv, base_csv = timed_pair(lambda: read_table(csv_path), lambda: pd.read_csv(csv_path), args.repeats)
 
     rows = [
         ("OPUS folder", f"{len(files)} files", "files/s", len(files) / ours_opus,
