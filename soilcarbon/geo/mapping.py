@@ -1,0 +1,379 @@
+"""SOC maps: a covariates-only model applied to every pixel of a stack of aligned rasters.
+
+The raster bands are matched to the model's covariates by the naming rule of
+:mod:`soilcarbon.geo.extract` (band description, else ``<file stem>_<band>``), optionally with
+spectral indices computed from named bands (:mod:`soilcarbon.geo.indices`). The stack is
+processed window by window (``block_size`` x ``block_size`` pixels), so memory stays bounded
+whatever the raster size; windows are predicted by a pool of ``jobs`` worker processes (threads
+do not help: LightGBM prediction and the neighbour search of the interval model do not run
+concurrently in one process), each holding the model and its own open rasters, while the main
+process writes finished windows. At most two windows per worker are in flight.
+
+Output: a tiled GeoTIFF on the first raster's grid with four float32 bands ``prediction``,
+``lower``, ``upper`` (interval at ``level``) and ``in_domain`` (1 inside the model's
+applicability domain, 0 outside), nodata (NaN) wherever any input band is nodata or NaN. It is
+written through :func:`soilcarbon.atomic.atomic_path`: an error or interrupt leaves no file.
+
+Rasters must share the first raster's grid (CRS, transform, size). Otherwise ``resampling``
+("nearest" or "bilinear") warps the others onto it with ``rasterio.vrt.WarpedVRT``; pixels they
+do not cover become nodata. Rasters that do not overlap the first one are refused.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from soilcarbon.errors import SoilCarbonError
+from soilcarbon.geo.extract import BandRef, band_names, open_raster
+
+OUTPUT_BANDS = ("prediction", "lower", "upper", "in_domain")
+RESAMPLING = ("nearest", "bilinear")
+
+
+def load_covariate_model(uri: str):
+    """The :class:`SOCModel` behind an MLflow model URI; refuses models that need spectra."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from soilcarbon.training.tracking import configure
+
+    configure()
+    try:
+        with warnings.catch_warnings():  # MLflow's advisory warning about type hints, not the user's concern
+            warnings.simplefilter("ignore")
+            warnings.showwarning = lambda *args, **kwargs: None  # mlflow re-enables UserWarning inside
+            loaded = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        raise SoilCarbonError(
+            f"model {uri!r} cannot be loaded ({' '.join(str(exc).split())[:160]}); see `soilcarbon models list`"
+        ) from exc
+    try:
+        model = loaded.unwrap_python_model().model
+    except (AttributeError, MlflowException) as exc:
+        raise SoilCarbonError(f"model {uri!r} is not a soilcarbon model") from exc
+    if model.layout.n_spectral:
+        raise SoilCarbonError(
+            f"model {uri!r} needs spectra ({model.layout.n_spectral} spectral points); "
+            "maps need a covariates-only model (train with --covariates only)"
+        )
+    if not model.layout.covariates:
+        raise SoilCarbonError(f"model {uri!r} has no covariates to read from rasters")
+    return model
+
+
+@dataclass
+class Grid:
+    """The output grid: the first raster's CRS, transform and size."""
+
+    crs: object
+    transform: object
+    width: int
+    height: int
+
+
+@dataclass
+class StackPlan:
+    """Which band of which raster provides each model covariate, and how rasters are read."""
+
+    grid: Grid
+    paths: list
+    warp: list  # per path: read through a WarpedVRT onto the grid
+    resampling: str | None
+    inputs: dict  # covariate or band-role column name -> BandRef
+    covariates: list
+    indices: list = field(default_factory=list)
+    roles: dict = field(default_factory=dict)  # band role -> column name (for indices)
+    unused: list = field(default_factory=list)
+
+
+def _resolution(transform) -> tuple[float, float]:
+    return abs(transform.a), abs(transform.e)
+
+
+def check_grid(paths: list[Path], resampling: str | None) -> tuple[Grid, list[bool]]:
+    """The first raster's grid and, per raster, whether it must be warped onto it.
+
+    Raises for rasters that do not overlap the first, and for any other grid difference when no
+    ``resampling`` is chosen.
+    """
+    from rasterio.warp import transform_bounds
+
+    if resampling is not None and resampling not in RESAMPLING:
+        raise SoilCarbonError(f"--resampling must be nearest or bilinear, got {resampling!r}")
+    with open_raster(paths[0]) as first:
+        grid = Grid(first.crs, first.transform, first.width, first.height)
+        first_bounds = first.bounds
+    warp = [False]
+    for path in paths[1:]:
+        with open_raster(path) as ds:
+            left, bottom, right, top = transform_bounds(ds.crs, grid.crs, *ds.bounds, densify_pts=21)
+            if not (left < first_bounds.right and right > first_bounds.left
+                    and bottom < first_bounds.top and top > first_bounds.bottom):
+                raise SoilCarbonError(
+                    f"{path} does not overlap {paths[0]} (bounds {tuple(round(v, 4) for v in (left, bottom, right, top))} "
+                    f"vs {tuple(round(v, 4) for v in first_bounds)} in {grid.crs.to_string()}); "
+                    "map only rasters that cover the same area"
+                )
+            same = (ds.crs == grid.crs and ds.transform.almost_equals(grid.transform)
+                    and ds.width == grid.width and ds.height == grid.height)
+            if not same and resampling is None:
+                if ds.crs != grid.crs:
+                    what = f"is in {ds.crs.to_string()} but {paths[0].name} in {grid.crs.to_string()}"
+                elif not np.allclose(_resolution(ds.transform), _resolution(grid.transform), rtol=1e-9):
+                    what = (f"has {_resolution(ds.transform)[0]:g} x {_resolution(ds.transform)[1]:g} pixels but "
+                            f"{paths[0].name} {_resolution(grid.transform)[0]:g} x {_resolution(grid.transform)[1]:g}")
+                else:
+                    what = (f"has a different extent or origin ({ds.width} x {ds.height} pixels) than "
+                            f"{paths[0].name} ({grid.width} x {grid.height})")
+                raise SoilCarbonError(
+                    f"{path} {what}; rasters must be aligned, or use --resampling nearest|bilinear "
+                    f"to warp them onto {paths[0].name}'s grid"
+                )
+            warp.append(not same)
+    return grid, warp
+
+
+def plan_stack(paths: list[Path], covariates: list[str], resampling: str | None = None,
+               indices: list[str] | None = None, bands: dict[str, str] | None = None,
+               model_name: str = "the model") -> StackPlan:
+    """Match model covariates to raster bands (and indices); check the rasters' grids."""
+    from soilcarbon.geo import indices as idx
+
+    indices = list(indices or [])
+    roles = idx.required_columns(indices, bands or {})
+    refs = band_names(paths)
+    by_name = {r.name: r for r in refs}
+    for name in indices:
+        if name in by_name:
+            raise SoilCarbonError(f"index {name!r} clashes with a raster band of the same name ({by_name[name].path})")
+    for role, column in roles.items():
+        if column not in by_name:
+            raise SoilCarbonError(
+                f"--bands {role}={column}: no raster band named {column!r}; bands: {', '.join(list(by_name)[:15])}"
+            )
+    provided = set(by_name) | set(indices)
+    missing = [c for c in covariates if c not in provided]
+    if missing:
+        raise SoilCarbonError(
+            f"{model_name} needs covariate(s) {', '.join(missing[:8])} that the rasters do not provide; "
+            f"the rasters give {', '.join(sorted(provided)[:15])} (band description, else <file stem>_<band>)"
+        )
+    grid, warp = check_grid(paths, resampling)
+    needed = {c: by_name[c] for c in covariates if c in by_name}
+    needed.update({column: by_name[column] for column in roles.values()})
+    unused = [r.name for r in refs if r.name not in needed]
+    return StackPlan(grid, list(paths), warp, resampling, needed, list(covariates),
+                     [i for i in indices if i in covariates], roles, unused)
+
+
+def windows(width: int, height: int, block_size: int):
+    """Row-major ``block_size`` windows covering the grid."""
+    from rasterio.windows import Window
+
+    for row in range(0, height, block_size):
+        for col in range(0, width, block_size):
+            yield Window(col, row, min(block_size, width - col), min(block_size, height - row))
+
+
+class WindowPredictor:
+    """Reads one window of every needed band and predicts it; thread-safe (one set of open
+    datasets per thread)."""
+
+    def __init__(self, model, plan: StackPlan, level: float):
+        self.model = model
+        self.plan = plan
+        self.level = level
+        self._local = threading.local()
+        self._opened = []
+        self._lock = threading.Lock()
+
+    def _datasets(self) -> dict:
+        handles = getattr(self._local, "handles", None)
+        if handles is None:
+            from rasterio.enums import Resampling
+            from rasterio.vrt import WarpedVRT
+
+            handles = {}
+            grid = self.plan.grid
+            for path, warp in zip(self.plan.paths, self.plan.warp):
+                ds = open_raster(path)
+                opened = [ds]
+                if warp:
+                    ds = WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                   height=grid.height, resampling=Resampling[self.plan.resampling],
+                                   add_alpha=ds.nodata is None)
+                    opened.append(ds)
+                handles[Path(path)] = ds
+                with self._lock:
+                    self._opened.extend(opened)
+            self._local.handles = handles
+        return handles
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in reversed(self._opened):
+                ds.close()
+            self._opened.clear()
+
+    def read(self, window) -> dict:
+        """Column name -> 2-D float array of the window, NaN where nodata."""
+        handles = self._datasets()
+        out = {}
+        for name, ref in self.plan.inputs.items():
+            ds = handles[ref.path]
+            data = ds.read(ref.band, window=window, masked=True)
+            out[name] = np.ma.filled(data.astype(np.float64), np.nan)
+        return out
+
+    def covariate_matrix(self, arrays: dict) -> np.ndarray:
+        """(pixels, covariates) in the model's covariate order, indices computed on the fly."""
+        from soilcarbon.geo import indices as idx
+
+        columns = []
+        for name in self.plan.covariates:
+            if name in self.plan.indices:
+                value = idx.compute(name, {role: arrays[col] for role, col in self.plan.roles.items()})
+            else:
+                value = arrays[name]
+            columns.append(np.ravel(value))
+        return np.column_stack(columns)
+
+    def __call__(self, window) -> tuple[object, np.ndarray, int, int]:
+        """(window, float32 array (4, h, w), valid pixels, out-of-domain pixels)."""
+        arrays = self.read(window)
+        X = self.covariate_matrix(arrays)
+        shape = (int(window.height), int(window.width))
+        out = np.full((4,) + shape, np.nan, dtype=np.float32)
+        valid = np.isfinite(X).all(axis=1)
+        n_valid = int(valid.sum())
+        outside = 0
+        if n_valid:
+            predicted = self.model.predict_matrix(X[valid], self.level)
+            for band, column in enumerate(OUTPUT_BANDS):
+                flat = out[band].reshape(-1)
+                flat[valid] = predicted[column].to_numpy(dtype=np.float32)
+            outside = int(n_valid - predicted["in_domain"].sum())
+        return window, out, n_valid, outside
+
+
+_WORKER: WindowPredictor | None = None
+
+
+def _init_worker(model, plan: StackPlan, level: float) -> None:
+    """Worker process set-up: one BLAS/OpenMP thread per process, the model, its own rasters."""
+    global _WORKER
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    _WORKER = WindowPredictor(model, plan, level)
+
+
+def _predict_window(offsets: tuple) -> tuple:
+    from rasterio.windows import Window
+
+    window, data, valid, outside = _WORKER(Window(*offsets))
+    return offsets, data, valid, outside
+
+
+@dataclass
+class MapReport:
+    """What a map run did."""
+
+    output: Path
+    width: int
+    height: int
+    n_windows: int
+    n_valid: int
+    n_out_of_domain: int
+    seconds: float
+    unused: list
+
+    @property
+    def n_nodata(self) -> int:
+        return self.width * self.height - self.n_valid
+
+
+def check_block_size(block_size: int) -> int:
+    block_size = int(block_size)
+    if block_size < 16 or block_size > 8192 or block_size % 16:
+        raise SoilCarbonError(f"--block-size must be a multiple of 16 between 16 and 8192 (e.g. 512), got {block_size}")
+    return block_size
+
+
+def make_map(model, plan: StackPlan, output: Path, level: float | None = None, block_size: int = 512,
+             jobs: int = 2, progress=None, tags: dict | None = None) -> MapReport:
+    """Predict every pixel of the stack and write the 4-band GeoTIFF atomically.
+
+    ``progress`` is an optional callable ``progress(total=None, advance=0, description=None)``.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    from soilcarbon.atomic import atomic_path
+
+    started = time.perf_counter()
+    block_size = check_block_size(block_size)
+    level = float(model.level if level is None else level)
+    if not 0 < level < 1:
+        raise SoilCarbonError(f"--level must be between 0 and 1, got {level}")
+    jobs = max(1, int(jobs))
+    grid = plan.grid
+    tile = 256 if block_size % 256 == 0 else block_size
+    profile = dict(driver="GTiff", dtype="float32", count=len(OUTPUT_BANDS), width=grid.width, height=grid.height,
+                   crs=grid.crs, transform=grid.transform, nodata=np.nan, tiled=True, blockxsize=tile,
+                   blockysize=tile, compress="deflate", predictor=3, BIGTIFF="IF_SAFER")
+    all_windows = list(windows(grid.width, grid.height, block_size))
+    if progress is not None:
+        progress(total=len(all_windows), description="mapping")
+    predictor = WindowPredictor(model, plan, level)
+    n_valid = n_outside = 0
+    try:
+        with atomic_path(output) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            for band, name in enumerate(OUTPUT_BANDS, start=1):
+                dst.set_band_description(band, name)
+            dst.update_tags(level=f"{level:g}", target=model.target, **(tags or {}))
+
+            def write(result):
+                nonlocal n_valid, n_outside
+                window, data, valid, outside = result
+                if isinstance(window, tuple):
+                    window = Window(*window)
+                dst.write(data, window=window)
+                n_valid += valid
+                n_outside += outside
+                if progress is not None:
+                    progress(advance=1)
+
+            if jobs == 1:
+                for window in all_windows:
+                    write(predictor(window))
+            else:
+                context = multiprocessing.get_context("spawn")  # no fork of a process with threads/OpenMP
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                                         initargs=(model, plan, level)) as pool:
+                    pending = set()
+                    try:
+                        for window in all_windows:  # at most 2 windows per worker in flight: bounded memory
+                            pending.add(pool.submit(_predict_window, window.flatten()))
+                            if len(pending) >= 2 * jobs:
+                                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                                for future in done:
+                                    write(future.result())
+                        for future in pending:
+                            write(future.result())
+                    except BaseException:
+                        for future in pending:
+                            future.cancel()
+                        raise
+    finally:
+        predictor.close()
+    return MapReport(Path(output), grid.width, grid.height, len(all_windows), n_valid, n_outside,
+                     time.perf_counter() - started, plan.unused)
