@@ -30,6 +30,13 @@ def _rasters(rasters, more, raster_dir):
     return raster_files(list(rasters or []) + list(more or []), raster_dir)
 
 
+def _quiet_gdal() -> None:
+    """GDAL warnings (routed by rasterio to logging) are not for the user; errors still raise."""
+    import logging
+
+    logging.getLogger("rasterio").setLevel(logging.ERROR)
+
+
 def _check_output(output: Path) -> None:
     folder = output.parent if str(output.parent) else Path(".")
     if not folder.is_dir():
@@ -62,6 +69,7 @@ def extract_command(
     from soilcarbon.geo import extract as ex
     from soilcarbon.geo import indices as idx
 
+    _quiet_gdal()
     index_names = idx.parse_indices(indices)
     band_roles = idx.parse_bands(bands)
     if index_names:
@@ -92,7 +100,7 @@ def map_command(
     output: Path = typer.Option(..., "--output", "-o", help="GeoTIFF to write (prediction, lower, upper, in_domain)."),
     level: Optional[float] = typer.Option(None, "--level", help="Interval level (default: the model's)."),
     block_size: int = typer.Option(512, "--block-size", help="Window size in pixels (multiple of 16)."),
-    jobs: int = typer.Option(2, "--jobs", "-j", help="Worker threads."),
+    jobs: int = typer.Option(2, "--jobs", "-j", help="Worker processes (used for grids of 1 million pixels or more)."),
     resampling: Optional[str] = typer.Option(
         None, "--resampling", help="nearest | bilinear: warp rasters onto the first raster's grid."),
     indices: Optional[str] = typer.Option(None, "--indices", help=INDICES_HELP),
@@ -109,6 +117,7 @@ def map_command(
     from soilcarbon.geo import mapping
     from soilcarbon.training.commands import ProgressBar
 
+    _quiet_gdal()
     index_names = idx.parse_indices(indices)
     band_roles = idx.parse_bands(bands)
     mapping.check_block_size(block_size)
@@ -120,6 +129,7 @@ def map_command(
         raise SoilCarbonError(f"--resampling must be nearest or bilinear, got {resampling!r}")
     paths = _rasters(rasters, more, raster_dir)
     _check_output(output)
+    mapping.check_grid(paths, resampling)  # cheap checks before loading the model
     model = mapping.load_covariate_model(model_uri)
     plan = mapping.plan_stack(paths, model.layout.covariates, resampling, index_names, band_roles,
                               model_name=f"model {model_uri}")
@@ -133,7 +143,8 @@ def map_command(
     rate = report.width * report.height / max(report.seconds, 1e-9)
     console.print(
         f"{output}: {report.width} x {report.height} pixels, {report.n_valid} predicted, {report.n_nodata} nodata, "
-        f"{report.n_out_of_domain} outside the model's domain; {report.seconds:.1f} s ({rate:,.0f} pixels/s)",
+        f"{report.n_out_of_domain} outside the model's domain; {report.seconds:.1f} s ({rate:,.0f} pixels/s, "
+        f"{report.jobs} process{'es' if report.jobs > 1 else ''})",
         highlight=False, soft_wrap=True)
 
 

@@ -21,6 +21,7 @@ do not cover become nodata. Rasters that do not overlap the first one are refuse
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 import time
@@ -225,11 +226,20 @@ class WindowPredictor:
 
     def read(self, window) -> dict:
         """Column name -> 2-D float array of the window, NaN where nodata."""
+        from rasterio.errors import RasterioError
+
         handles = self._datasets()
         out = {}
         for name, ref in self.plan.inputs.items():
             ds = handles[ref.path]
-            data = ds.read(ref.band, window=window, masked=True)
+            try:
+                data = ds.read(ref.band, window=window, masked=True)
+            except RasterioError as exc:
+                raise SoilCarbonError(
+                    f"{ref.path}: cannot read band {ref.band} at rows {window.row_off}-"
+                    f"{window.row_off + window.height - 1}, columns {window.col_off}-{window.col_off + window.width - 1} "
+                    f"({' '.join(str(exc).split())[:120]}); the file may be truncated or corrupt"
+                ) from exc
             out[name] = np.ma.filled(data.astype(np.float64), np.nan)
         return out
 
@@ -267,11 +277,15 @@ class WindowPredictor:
 _WORKER: WindowPredictor | None = None
 
 
-def _init_worker(model, plan: StackPlan, level: float) -> None:
-    """Worker process set-up: one BLAS/OpenMP thread per process, the model, its own rasters."""
+def _init_worker(model, plan: StackPlan, level: float, log_level: int) -> None:
+    """Worker process set-up: one BLAS/OpenMP thread per process, the model, its own rasters, and
+    the parent's logging level for rasterio (GDAL messages)."""
     global _WORKER
+    import logging
+
     from threadpoolctl import threadpool_limits
 
+    logging.getLogger("rasterio").setLevel(log_level)
     threadpool_limits(1)
     _WORKER = WindowPredictor(model, plan, level)
 
@@ -295,6 +309,7 @@ class MapReport:
     n_out_of_domain: int
     seconds: float
     unused: list
+    jobs: int = 1
 
     @property
     def n_nodata(self) -> int:
@@ -308,11 +323,17 @@ def check_block_size(block_size: int) -> int:
     return block_size
 
 
+POOL_MIN_PIXELS = 1_000_000  # below this, starting worker processes (seconds each) costs more than it saves
+
+
 def make_map(model, plan: StackPlan, output: Path, level: float | None = None, block_size: int = 512,
-             jobs: int = 2, progress=None, tags: dict | None = None) -> MapReport:
+             jobs: int = 2, progress=None, tags: dict | None = None,
+             pool_min_pixels: int = POOL_MIN_PIXELS) -> MapReport:
     """Predict every pixel of the stack and write the 4-band GeoTIFF atomically.
 
-    ``progress`` is an optional callable ``progress(total=None, advance=0, description=None)``.
+    ``jobs`` worker processes are used when the grid has at least ``pool_min_pixels`` pixels and
+    more than one window; otherwise windows are predicted in this process. ``progress`` is an
+    optional callable ``progress(total=None, advance=0, description=None)``.
     """
     import rasterio
     from rasterio.windows import Window
@@ -331,6 +352,9 @@ def make_map(model, plan: StackPlan, output: Path, level: float | None = None, b
                    crs=grid.crs, transform=grid.transform, nodata=np.nan, tiled=True, blockxsize=tile,
                    blockysize=tile, compress="deflate", predictor=3, BIGTIFF="IF_SAFER")
     all_windows = list(windows(grid.width, grid.height, block_size))
+    if grid.width * grid.height < pool_min_pixels:
+        jobs = 1
+    jobs = min(jobs, len(all_windows))
     if progress is not None:
         progress(total=len(all_windows), description="mapping")
     predictor = WindowPredictor(model, plan, level)
@@ -358,7 +382,7 @@ def make_map(model, plan: StackPlan, output: Path, level: float | None = None, b
             else:
                 context = multiprocessing.get_context("spawn")  # no fork of a process with threads/OpenMP
                 with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
-                                         initargs=(model, plan, level)) as pool:
+                                         initargs=(model, plan, level, logging.getLogger("rasterio").level)) as pool:
                     pending = set()
                     try:
                         for window in all_windows:  # at most 2 windows per worker in flight: bounded memory
@@ -376,4 +400,4 @@ def make_map(model, plan: StackPlan, output: Path, level: float | None = None, b
     finally:
         predictor.close()
     return MapReport(Path(output), grid.width, grid.height, len(all_windows), n_valid, n_outside,
-                     time.perf_counter() - started, plan.unused)
+                     time.perf_counter() - started, plan.unused, jobs)
