@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -119,6 +121,10 @@ def train_command(
     data_spectra, cov_table = _load_inputs(spectra, lab, covariates, id_col, unit, console)
     from soilcarbon.training.train import train
 
+    # advisory warnings (e.g. neighbourhoods clipped on small data) would drown the report;
+    # the environment variable carries the filter into the worker processes
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
+    warnings.filterwarnings("ignore", category=UserWarning)
     with ProgressBar(quiet) as progress:
         result = train(data_spectra, target, cov_table, config, id_col, folds, group, coord_cols, nested,
                        progress, covariates_source=str(covariates) if covariates else "covariates")

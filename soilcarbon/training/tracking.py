@@ -8,7 +8,9 @@ registers the model version with tags for target, unit and training data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -98,7 +100,6 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
     ``models:/NAME/VERSION``."""
     import mlflow
 
-    from soilcarbon.models import pyfunc
     from soilcarbon.training import plots
 
     client = configure()
@@ -131,15 +132,8 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
             for file in ("oof_predictions.csv", "candidates.csv", "fold_metrics.csv", "train.yaml"):
                 mlflow.log_artifact(str(tmp / file), artifact_path="cv")
         model = result.model
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=pyfunc.SOCPyfunc(model),
-            signature=pyfunc.signature(model),
-            input_example=pyfunc.input_example(model, data.X, data.ids),
-            metadata=pyfunc.metadata(model),
-            pip_requirements=_requirements(),
-            registered_model_name=name,
-        )
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registration chatter to stderr
+            info = _log_model(model, data, name)
         model_version = str(info.registered_model_version)
         tags = {"target": data.target, "unit": target_unit or "unspecified",
                 "spectral_unit": data.layout.unit or "none", "training_data": sources.get("spectra") or
@@ -153,6 +147,22 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
             f"CV RMSE {result.metrics['rmse']:.4g}, PICP {result.metrics.get('picp', float('nan')):.3f} "
             f"at level {model.level:g} ({result.cv_scheme}); run {run.info.run_id}"))
     return f"models:/{name}/{model_version}"
+
+
+def _log_model(model, data, name: str):
+    import mlflow
+
+    from soilcarbon.models import pyfunc
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=pyfunc.SOCPyfunc(model),
+        signature=pyfunc.signature(model),
+        input_example=pyfunc.input_example(model, data.X, data.ids),
+        metadata=pyfunc.metadata(model),
+        pip_requirements=_requirements(),
+        registered_model_name=name,
+    )
 
 
 def list_models() -> list[dict]:
