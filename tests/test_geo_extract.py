@@ -155,6 +155,19 @@ def test_index_functions_by_hand():
     assert indices.parse_indices("NDVI,bsi,ndvi") == ["ndvi", "bsi"]
 
 
+def in_process(capsys):
+    """The CLI entry point in this process (same code path as the subprocess, faster)."""
+    from soilcarbon.cli import main
+
+    def run(*args):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run
+
+
 def _bad(run_cli, tmp_path, *args):
     output = tmp_path / "out" / "cov.csv"
     output.parent.mkdir(exist_ok=True)
@@ -171,15 +184,19 @@ def test_points_outside_every_raster(run_cli, scene, tmp_path):
     assert "none of the 5 points falls on any raster" in line and "utm.csv" in line and "--crs" in line
 
 
-def test_bad_inputs_name_the_culprit(run_cli, scene, tmp_path):
+def test_unreadable_raster(run_cli, scene, tmp_path):
+    broken = tmp_path / "broken.tif"
+    broken.write_text("not a raster")
+    line = _bad(run_cli, tmp_path, "--points", scene["folder"] / "lonlat.csv", "--x", "lon", "--y", "lat",
+                "--rasters", scene["rasters"] / "a.tif", broken)
+    assert "broken.tif: not a readable raster" in line
+
+
+def test_bad_inputs_name_the_culprit(capsys, scene, tmp_path):
+    run_cli = in_process(capsys)
     rasters, points = scene["rasters"], scene["folder"] / "lonlat.csv"
     line = _bad(run_cli, tmp_path, "--points", points, "--x", "longitude", "--y", "lat", "--rasters", rasters / "a.tif")
     assert "'longitude' (--x) not found" in line and "lonlat.csv" in line
-    broken = tmp_path / "broken.tif"
-    broken.write_text("not a raster")
-    line = _bad(run_cli, tmp_path, "--points", points, "--x", "lon", "--y", "lat", "--rasters", rasters / "a.tif",
-                broken)
-    assert "broken.tif: not a readable raster" in line
     line = _bad(run_cli, tmp_path, "--points", points, "--x", "lon", "--y", "lat", "--rasters", rasters / "a.tif",
                 "--indices", "ndvi", "--bands", "red=a_1")
     assert "needs the nir band" in line

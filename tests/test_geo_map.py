@@ -137,6 +137,19 @@ def test_one_job_large_window_same_map_and_nearest_resampling(model, stack, tmp_
     assert (report.n_windows, report.n_valid, report.n_nodata) == (1, W * H - 1, 1)
 
 
+def in_process(capsys):
+    """The CLI entry point in this process (same code path as the subprocess, faster)."""
+    from soilcarbon.cli import main
+
+    def run(*args):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run
+
+
 def _bad(run_cli, tmp_path, *args):
     output = tmp_path / "out" / "soc.tif"
     output.parent.mkdir(exist_ok=True)
@@ -146,7 +159,7 @@ def _bad(run_cli, tmp_path, *args):
     return only_error_line(err)
 
 
-def test_rasters_that_do_not_line_up(run_cli, stack, tmp_path):
+def test_rasters_that_do_not_line_up(run_cli, capsys, stack, tmp_path):
     folder, values = stack
     ndvi = folder / "ndvi.tif"
     far = write_raster(tmp_path / "far.tif", [values["twi"]], transform=from_origin(X0 + 10_000, Y0, RES, RES))
@@ -154,12 +167,12 @@ def test_rasters_that_do_not_line_up(run_cli, stack, tmp_path):
     assert "far.tif does not overlap" in line and "ndvi.tif" in line
     coarse = write_raster(tmp_path / "coarse.tif", [values["twi"][::2, ::2]],
                           transform=from_origin(X0, Y0, 2 * RES, 2 * RES))
-    line = _bad(run_cli, tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, coarse)
+    line = _bad(in_process(capsys), tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, coarse)
     assert "coarse.tif has 20 x 20 pixels but ndvi.tif 10 x 10" in line and "--resampling nearest|bilinear" in line
     west, _, _, north = transform_bounds("EPSG:32631", "EPSG:4326", X0, Y0 - H * RES, X0 + W * RES, Y0)
     lonlat = write_raster(tmp_path / "lonlat.tif", [values["twi"]], crs="EPSG:4326",
                           transform=from_origin(west - 0.001, north + 0.001, 0.0002, 0.0001))
-    line = _bad(run_cli, tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, lonlat)
+    line = _bad(in_process(capsys), tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, lonlat)
     assert "lonlat.tif is in EPSG:4326 but ndvi.tif in EPSG:32631" in line
 
 
@@ -185,8 +198,9 @@ def test_read_error_mid_map_leaves_no_file(model, stack, tmp_path):
     assert list(output.parent.iterdir()) == []
 
 
-def test_option_errors(run_cli, stack, tmp_path):
+def test_option_errors(capsys, stack, tmp_path):
     folder, _ = stack
+    run_cli = in_process(capsys)
     line = _bad(run_cli, tmp_path, "--model", "models:/unused/1", "--rasters", folder / "ndvi.tif", "--block-size", "500")
     assert "--block-size must be a multiple of 16" in line
     line = _bad(run_cli, tmp_path, "--model", "models:/unused/1", "--rasters", folder / "ndvi.tif",
