@@ -29,6 +29,9 @@ def _register_all() -> None:
     from soilcarbon.training import commands as training_commands
 
     training_commands.register(app)
+    from soilcarbon.serving import commands as serving_commands
+
+    serving_commands.register(app)
     from soilcarbon.geo import commands as geo_commands
 
     geo_commands.register(app)

@@ -1,0 +1,858 @@
+"""Batch prediction: load a model by any MLflow URI, align spectra to its axis, stream large tables.
+
+- The model is loaded with ``mlflow.pyfunc.load_model``; a registry alias (``models:/NAME@champion``)
+  or ``latest`` is first resolved through the ``MlflowClient`` to the concrete version
+  (``models:/NAME/3``), and that URI is what every output row names.
+- Input spectra are brought onto the model's training axis from the metadata the model carries
+  (``soilcarbon.axis/unit/covariates``): used as they are when the axes match, otherwise re-gridded
+  with :meth:`Spectra.align` (linear interpolation, nm <-> cm-1 conversion), or refused with one
+  clear error when the ranges do not allow it. ``pyfunc.predict`` only ever sees a table with the
+  model's exact input columns.
+- Large CSV / Parquet tables are read in chunks (``pandas.read_csv(chunksize=)``,
+  ``pyarrow.parquet.ParquetFile.iter_batches``), predicted by a small thread pool (numpy releases the
+  GIL) with at most ``workers + 1`` chunks in flight, and written chunk by chunk, so memory does not
+  grow with the input. OPUS files and folders are read whole (one spectrum a file).
+- Per-sample problems (missing, non-numeric or infinite values, no id, no covariates row, an OPUS file
+  that cannot be read) give that sample an empty prediction and a reason; the others go on.
+  Anything that concerns the whole job (unreadable model or file, an axis that cannot be aligned,
+  a missing covariate column, a row with the wrong number of fields) stops it with a
+  :class:`SoilCarbonError`.
+- The output (CSV or Parquet) is written through :func:`atomic_path`: a failure at any point, even
+  in the last chunk, leaves no file under the output name.
+- Duplicate sample ids are not an error here: every input row gives one output row, in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from soilcarbon.errors import SoilCarbonError
+from soilcarbon.spectral.spectra import (
+    PARQUET_UNIT_KEY,
+    PREFIX_UNITS,
+    Spectra,
+    axis_columns,
+    check_unit,
+    convert_axis,
+    format_axis_value,
+    guess_unit,
+    parse_spectral_header,
+)
+
+ID_COLUMN = "sample_id"
+MODEL_OUTPUTS = ["prediction", "lower", "upper", "level", "in_domain", "domain_score"]
+OUTPUT_COLUMNS = [ID_COLUMN, *MODEL_OUTPUTS, "model_uri"]
+DEFAULT_CHUNK_SIZE = 10_000
+#: How many per-sample problems are kept in memory for the summary (all are counted).
+KEEP_PROBLEMS = 1000
+CSV_SUFFIXES = (".csv", ".txt", ".tsv")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+# ============================================================================ model
+@dataclass
+class ServedModel:
+    """A loaded soilcarbon pyfunc model with the input layout from its metadata.
+
+    ``uri`` is the concrete URI the model was loaded from (an alias resolved to its version);
+    ``requested_uri`` is what the user gave.
+    """
+
+    requested_uri: str
+    uri: str
+    pyfunc: object
+    axis: np.ndarray | None
+    unit: str | None
+    covariates: list[str]
+    level: float
+    target: str = ""
+    target_unit: str = ""
+    name: str | None = None
+    version: str | None = None
+
+    @property
+    def spectral_columns(self) -> list[str]:
+        return [] if self.axis is None else axis_columns(self.axis)
+
+    @property
+    def columns(self) -> list[str]:
+        """The model's input columns after ``sample_id``, in order."""
+        return self.spectral_columns + list(self.covariates)
+
+    def describe(self) -> dict:
+        return {
+            "model_uri": self.uri, "requested_uri": self.requested_uri, "name": self.name,
+            "version": self.version, "target": self.target, "target_unit": self.target_unit,
+            "unit": self.unit, "n_points": 0 if self.axis is None else len(self.axis),
+            "axis_range": None if self.axis is None else [float(self.axis.min()), float(self.axis.max())],
+            "covariates": list(self.covariates), "level": self.level,
+        }
+
+    def predict_matrix(self, ids, X: np.ndarray, level: float | None = None) -> pd.DataFrame:
+        """Outputs for model-ordered rows ``X`` (n, len(columns)); rows holding NaN get empty outputs."""
+        level = check_level(self.level if level is None else level)
+        X = np.asarray(X, dtype=float)
+        frame = pd.DataFrame(X, columns=self.columns, copy=False)
+        frame.insert(0, ID_COLUMN, pd.array([str(i) for i in ids], dtype="string"))
+        result = self.pyfunc.predict(frame, params={"level": level})
+        out = pd.DataFrame({ID_COLUMN: frame[ID_COLUMN].to_numpy(dtype=object)})
+        for column in MODEL_OUTPUTS:
+            out[column] = np.asarray(result[column])
+        out["in_domain"] = out["in_domain"].astype(bool)
+        out["model_uri"] = self.uri
+        return out
+
+
+def check_level(level) -> float:
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise SoilCarbonError(f"level must be a number between 0 and 1, got {level!r}") from None
+    if not 0.0 < value < 1.0:
+        raise SoilCarbonError(f"level must be between 0 and 1 (e.g. 0.9 for 90% intervals), got {level!r}")
+    return value
+
+
+def resolve_model_uri(uri: str, client=None) -> tuple[str, str | None, str | None]:
+    """``(concrete URI, registered name, version)`` for a model URI.
+
+    ``models:/NAME@ALIAS`` and ``models:/NAME/latest`` become ``models:/NAME/VERSION``;
+    ``models:/NAME/VERSION`` is checked to exist. Other URIs (``runs:/``, paths) are returned
+    unchanged with no name or version.
+    """
+    from mlflow.exceptions import MlflowException
+
+    text = str(uri).strip()
+    if not text:
+        raise SoilCarbonError("no model URI given; pass --model models:/NAME@ALIAS, models:/NAME/VERSION or runs:/...")
+    if not text.startswith("models:/"):
+        return text, None, None
+    if client is None:
+        from soilcarbon.training.tracking import configure
+
+        client = configure()
+    body = text[len("models:/"):].strip("/")
+    try:
+        if "@" in body:
+            name, alias = body.rsplit("@", 1)
+            if not name or not alias:
+                raise SoilCarbonError(f"model URI {text!r} is malformed; use models:/NAME@ALIAS")
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        else:
+            if "/" not in body:
+                raise SoilCarbonError(f"model URI {text!r} has no version or alias; use models:/NAME/VERSION "
+                                      "or models:/NAME@ALIAS")
+            name, ref = body.rsplit("/", 1)
+            if ref.isdigit():
+                version = str(client.get_model_version(name, ref).version)
+            elif ref.lower() == "latest":
+                versions = client.search_model_versions(f"name='{name}'")
+                if not versions:
+                    raise SoilCarbonError(f"model {name!r} has no versions; see `soilcarbon models list`")
+                version = str(max(int(v.version) for v in versions))
+            else:
+                raise SoilCarbonError(f"model URI {text!r}: {ref!r} is neither a version number nor 'latest'; "
+                                      "use models:/NAME/VERSION or models:/NAME@ALIAS")
+    except MlflowException as exc:
+        message = " ".join(str(exc.message if hasattr(exc, "message") else exc).split())
+        raise SoilCarbonError(f"model {text!r} not found in the registry ({message[:200]}); "
+                              "see `soilcarbon models list`") from exc
+    return f"models:/{name}/{version}", name, version
+
+
+def _import_pyfunc_quietly():
+    """Import the pyfunc module without MLflow's "add type hints" advice on stderr.
+
+    MLflow emits it while the ``PythonModel`` subclass is defined, inside its own
+    ``catch_warnings(); simplefilter("once")``, so warning filters cannot silence it.
+    """
+    import sys
+    import warnings
+
+    if "soilcarbon.models.pyfunc" not in sys.modules:
+        shown = warnings.showwarning
+        warnings.showwarning = lambda *args, **kwargs: None
+        try:
+            import soilcarbon.models.pyfunc  # noqa: F401
+        finally:
+            warnings.showwarning = shown
+    return sys.modules["soilcarbon.models.pyfunc"]
+
+
+def load_model(uri: str) -> ServedModel:
+    """Resolve ``uri`` and load the pyfunc model with its soilcarbon metadata."""
+    from soilcarbon.training.tracking import configure
+
+    client = configure()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    METADATA_KEY = _import_pyfunc_quietly().METADATA_KEY
+    resolved, name, version = resolve_model_uri(uri, client)
+    try:
+        loaded = mlflow.pyfunc.load_model(resolved)
+    except (MlflowException, OSError, ValueError) as exc:
+        message = " ".join(str(getattr(exc, "message", exc)).split())
+        raise SoilCarbonError(f"cannot load model {uri!r} ({message[:200]}); check the URI and the tracking "
+                              "server (MLFLOW_TRACKING_URI)") from exc
+    meta = (loaded.metadata.metadata or {}).get(METADATA_KEY)
+    if not isinstance(meta, dict):
+        raise SoilCarbonError(f"model {uri!r} is not a soilcarbon model (no {METADATA_KEY!r} metadata); "
+                              "train it with `soilcarbon train`")
+    axis = meta.get("axis")
+    return ServedModel(
+        requested_uri=str(uri), uri=resolved, pyfunc=loaded,
+        axis=None if axis is None else np.asarray(axis, dtype=float),
+        unit=meta.get("unit"), covariates=list(meta.get("covariates") or []),
+        level=float(meta.get("level", 0.9)), target=str(meta.get("target", "")),
+        target_unit=str(meta.get("target_unit", "")), name=name, version=version,
+    )
+
+
+# ============================================================================ input layout
+@dataclass
+class InputPlan:
+    """How the columns of an input table map onto the model input, decided once from the header."""
+
+    source: str
+    id_col: str
+    spectral_columns: list[str] = field(default_factory=list)
+    axis: np.ndarray | None = None
+    unit: str | None = None
+    exact: bool = True  # input axis == model axis: no re-gridding
+    covariate_columns: list[str] = field(default_factory=list)  # model covariates read from the table
+    covariate_table: pd.DataFrame | None = None  # id-indexed covariates joined by id
+    covariate_source: str = ""
+    line_offset: int = 2  # file line of the first data row (CSV: header is line 1); 0: "row N"; -1: unknown
+
+
+def table_axis(columns: Iterable[str], id_col: str, unit: str | None, stored_unit: str | None,
+               source: str) -> tuple[list[str], np.ndarray | None, str | None]:
+    """Spectral columns, axis and unit of a table header (same rules as :meth:`Spectra.from_frame`)."""
+    parsed = {c: parse_spectral_header(c) for c in columns if c != id_col}
+    spectral = [c for c, p in parsed.items() if p is not None]
+    if len(spectral) < 2:
+        return [], None, None
+    prefixes = {parsed[c][1].lower() for c in spectral}
+    if len(prefixes) > 1:
+        raise SoilCarbonError(f"{source}: spectral columns mix prefixes {sorted(prefixes)}; use one")
+    prefix = prefixes.pop()
+    axis = np.array([parsed[c][0] for c in spectral])
+    if unit is not None:
+        unit = check_unit(unit, source)
+    elif stored_unit:
+        unit = check_unit(stored_unit, source)
+    elif PREFIX_UNITS.get(prefix):
+        unit = PREFIX_UNITS[prefix]
+    else:
+        unit = guess_unit(axis)
+    return spectral, axis, unit
+
+
+def plan_input(model: ServedModel, columns: list[str], source: str, id_col: str = ID_COLUMN,
+               unit: str | None = None, stored_unit: str | None = None,
+               covariates: pd.DataFrame | None = None, covariate_source: str = "",
+               line_offset: int = 2) -> InputPlan:
+    """Check a table header against the model and decide how to build its input.
+
+    Raises when the id column is missing, the spectra cannot be aligned to the model axis, or a
+    covariate the model needs is in neither the table nor the covariates table.
+    """
+    columns = [str(c) for c in columns]
+    if id_col not in columns:
+        raise SoilCarbonError(f"{source}: id column {id_col!r} not found (columns start with "
+                              f"{', '.join(columns[:5])}); pass the id column name with --id-col")
+    plan = InputPlan(source=source, id_col=id_col, line_offset=line_offset)
+    if model.axis is not None:
+        spectral, axis, in_unit = table_axis(columns, id_col, unit, stored_unit, source)
+        if not spectral:
+            raise SoilCarbonError(
+                f"{source}: no spectral columns found; the model {model.uri} expects {len(model.axis)} points "
+                f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} {model.unit} "
+                "in columns with numeric headers such as '1100'")
+        plan.spectral_columns, plan.axis, plan.unit = spectral, axis, in_unit
+        plan.exact = check_alignment(model, axis, in_unit, source)
+    if model.covariates:
+        if covariates is not None:
+            missing = [c for c in model.covariates if c not in covariates.columns]
+            if missing:
+                raise SoilCarbonError(
+                    f"{covariate_source or 'covariates'}: covariate column(s) {', '.join(missing[:5])} missing; "
+                    f"the model {model.uri} was trained on {', '.join(model.covariates)}")
+            plan.covariate_table = covariates
+            plan.covariate_source = covariate_source or "the covariates table"
+        else:
+            missing = [c for c in model.covariates if c not in columns]
+            if missing:
+                raise SoilCarbonError(
+                    f"{source}: covariate column(s) {', '.join(missing[:5])} missing; the model {model.uri} "
+                    f"needs {', '.join(model.covariates)}: add them or pass --covariates COV.csv")
+            plan.covariate_columns = list(model.covariates)
+    return plan
+
+
+def check_alignment(model: ServedModel, axis: np.ndarray, unit: str, source: str) -> bool:
+    """True when ``axis`` (in ``unit``) is the model axis; raise when it cannot be aligned to it."""
+    own = convert_axis(axis, unit, model.unit)
+    if len(own) == len(model.axis) and np.allclose(own, model.axis, rtol=0, atol=1e-9):
+        return True
+    probe = Spectra(ids=["probe"], axis=axis, unit=unit, values=np.zeros((1, len(axis))), source=source)
+    try:
+        probe.align(model.axis, model.unit)
+    except SoilCarbonError:
+        have = f"{_range_text(axis)} {unit}"
+        if unit != model.unit:
+            have += f" ({_range_text(own)} {model.unit})"
+        raise SoilCarbonError(
+            f"{source}: the spectra cover {have} but the model {model.uri} needs {_range_text(model.axis)} "
+            f"{model.unit} ({len(model.axis)} points); use spectra of that range or a model trained on this one"
+        ) from None
+    return False
+
+
+def _range_text(axis: np.ndarray) -> str:
+    low, high = float(np.min(axis)), float(np.max(axis))
+    digits = 0 if high - low > 50 else 2
+    return f"{low:.{digits}f}-{high:.{digits}f}"
+
+
+# ============================================================================ chunk preparation
+@dataclass
+class Prepared:
+    ids: np.ndarray  # object array of str (or None where the row had no id)
+    X: np.ndarray  # (n, len(model.columns)); rows with a problem are all NaN
+    problems: list[tuple[str, str]]
+    problem_rows: np.ndarray  # bool (n,)
+
+
+def _numeric(frame: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
+    """Float matrix of table columns and, per row, the first non-numeric cell as a reason."""
+    bad_rows: dict[int, str] = {}
+    kinds = [frame[c].dtype.kind for c in frame.columns]
+    if all(k in "fiub" for k in kinds):
+        return frame.to_numpy(dtype=float), bad_rows
+    data = {}
+    for column, kind in zip(frame.columns, kinds):
+        series = frame[column]
+        if kind in "fiub":
+            data[column] = series.to_numpy(dtype=float)
+            continue
+        coerced = pd.to_numeric(series, errors="coerce")
+        bad = coerced.isna().to_numpy() & series.notna().to_numpy()
+        for row in np.where(bad)[0]:
+            bad_rows.setdefault(int(row), f"non-numeric value {series.iloc[row]!r} in column {column!r}")
+        data[column] = coerced.to_numpy(dtype=float, na_value=np.nan)
+    return np.column_stack([data[c] for c in frame.columns]) if data else np.empty((len(frame), 0)), bad_rows
+
+
+def _row_name(ids: np.ndarray, row: int, start: int, plan: InputPlan) -> str:
+    if ids[row] is not None:
+        return str(ids[row])
+    if plan.line_offset < 0:  # position unknown (Spark partitions)
+        return "(row without id)"
+    position = start + row
+    return f"line {position + plan.line_offset}" if plan.line_offset else f"row {position + 1}"
+
+
+def prepare_chunk(model: ServedModel, plan: InputPlan, frame: pd.DataFrame, start: int = 0,
+                  ids: np.ndarray | None = None, spectra_values: np.ndarray | None = None) -> Prepared:
+    """Model matrix of one chunk (a table chunk, or ids + values already read), with per-row problems.
+
+    ``start`` is the position of the chunk's first row in the whole input (for line numbers).
+    """
+    n = len(frame) if ids is None else len(ids)
+    reasons: dict[int, str] = {}
+    if ids is None:
+        raw = frame[plan.id_col]
+        text = raw.astype("string").str.strip()
+        missing = (text.isna() | (text == "")).to_numpy()
+        ids = np.asarray(text.to_numpy(dtype=object, na_value=None), dtype=object)
+        ids[missing] = None
+        for row in np.where(missing)[0]:
+            reasons[int(row)] = "no sample id"
+    else:
+        ids = np.asarray([None if i is None else str(i) for i in ids], dtype=object)
+    blocks = []
+    if model.axis is not None:
+        if spectra_values is None:
+            values, bad = _numeric(frame[plan.spectral_columns])
+            for row, reason in bad.items():
+                reasons.setdefault(row, reason)
+        else:
+            values = np.array(spectra_values, dtype=float)
+        infinite = np.isinf(values)
+        if infinite.any():
+            for row in np.where(infinite.any(axis=1))[0]:
+                column = plan.spectral_columns[int(np.argmax(infinite[row]))]
+                reasons.setdefault(int(row), f"infinite value in column {column!r}")
+            values[infinite] = np.nan
+        nan = np.isnan(values)
+        if nan.any():
+            for row in np.where(nan.any(axis=1))[0]:
+                first = plan.spectral_columns[int(np.argmax(nan[row]))]
+                reasons.setdefault(int(row), f"{int(nan[row].sum())} missing spectral value(s), first in column "
+                                             f"{first!r}")
+        if not plan.exact:
+            spectra = Spectra(ids=np.arange(n).astype(str), axis=plan.axis, unit=plan.unit, values=values,
+                              source=plan.source, allow_nan=True)
+            values = spectra.align(model.axis, model.unit).values
+        blocks.append(values)
+    if model.covariates:
+        if plan.covariate_table is not None:
+            lookup = [i if i is not None else "\x00" for i in ids]
+            table = plan.covariate_table.reindex(lookup)
+            absent = ~pd.Index(lookup).isin(plan.covariate_table.index)
+            for row in np.where(absent)[0]:
+                if ids[row] is not None:
+                    reasons.setdefault(int(row), f"no row in the covariates table {plan.covariate_source}")
+            cov_frame = table[model.covariates]
+        else:
+            cov_frame = frame[plan.covariate_columns]
+        cov_values, bad = _numeric(cov_frame.reset_index(drop=True))
+        for row, reason in bad.items():
+            reasons.setdefault(row, reason.replace("in column", "in covariate"))
+        missing_cov = np.isnan(cov_values)
+        for row in np.where(missing_cov.any(axis=1))[0]:
+            reasons.setdefault(int(row), f"covariate {model.covariates[int(np.argmax(missing_cov[row]))]!r} is missing")
+        infinite = np.isinf(cov_values)
+        for row in np.where(infinite.any(axis=1))[0]:
+            reasons.setdefault(int(row), f"covariate {model.covariates[int(np.argmax(infinite[row]))]!r} is infinite")
+        blocks.append(cov_values)
+    X = np.hstack(blocks) if len(blocks) > 1 else blocks[0]
+    problem_rows = np.zeros(n, dtype=bool)
+    problems = []
+    for row in sorted(reasons):
+        problem_rows[row] = True
+        problems.append((_row_name(ids, row, start, plan), reasons[row]))
+    if problem_rows.any():
+        X = X.copy() if X.base is not None else X
+        X[problem_rows] = np.nan
+    return Prepared(ids=ids, X=X, problems=problems, problem_rows=problem_rows)
+
+
+def predict_prepared(model: ServedModel, prepared: Prepared, level: float) -> pd.DataFrame:
+    ids = ["" if i is None else i for i in prepared.ids]
+    out = model.predict_matrix(ids, prepared.X, level)
+    if any(i is None for i in prepared.ids):
+        out[ID_COLUMN] = pd.array(list(prepared.ids), dtype="string")
+    return out
+
+
+# ============================================================================ in-memory use
+def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.DataFrame | None = None,
+                    level: float | None = None) -> pd.DataFrame:
+    """Predict validated, in-memory spectra (e.g. from the REST service).
+
+    Spectra are aligned to the model axis; ``covariates`` is a table indexed by sample id.
+    Missing values or covariates are an error here (callers validate whole requests).
+    """
+    level = check_level(model.level if level is None else level)
+    if model.axis is None and spectra is not None and covariates is None:
+        raise SoilCarbonError(f"the model {model.uri} uses covariates only ({', '.join(model.covariates)}); "
+                              "send covariates")
+    ids = spectra.ids if spectra is not None else covariates.index.to_numpy(dtype=object)
+    blocks = []
+    if model.axis is not None:
+        if spectra is None:
+            raise SoilCarbonError(f"the model {model.uri} needs spectra on {len(model.axis)} points "
+                                  f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} {model.unit}")
+        check_alignment(model, spectra.axis, spectra.unit, spectra.source or "spectra")
+        blocks.append(spectra.align(model.axis, model.unit).values)
+    if model.covariates:
+        if covariates is None:
+            raise SoilCarbonError(f"the model {model.uri} needs covariates {', '.join(model.covariates)}")
+        missing = [c for c in model.covariates if c not in covariates.columns]
+        if missing:
+            raise SoilCarbonError(f"covariate(s) {', '.join(missing)} missing; the model needs "
+                                  f"{', '.join(model.covariates)}")
+        table = covariates.reindex([str(i) for i in ids])[model.covariates].reset_index(drop=True)
+        values, bad = _numeric(table)
+        if bad:
+            row = min(bad)
+            raise SoilCarbonError(f"sample {ids[row]}: {bad[row].replace('in column', 'in covariate')}")
+        if not np.isfinite(values).all():
+            row = int(np.where(~np.isfinite(values).all(axis=1))[0][0])
+            column = model.covariates[int(np.argmax(~np.isfinite(values[row])))]
+            raise SoilCarbonError(f"sample {ids[row]}: covariate {column!r} is missing or infinite")
+        blocks.append(values)
+    X = np.hstack(blocks) if len(blocks) > 1 else blocks[0]
+    return model.predict_matrix(ids, X, level)
+
+
+# ============================================================================ readers
+def _csv_chunks(path: Path, plan: InputPlan, chunk_size: int, on_bytes: Callable[[int], None] | None):
+    from soilcarbon.spectral.readers import _sniff_delimiter
+
+    delimiter = _sniff_delimiter(path)
+    with open(path, "rb") as handle:
+        reader = pd.read_csv(handle, sep=delimiter, chunksize=chunk_size, dtype={plan.id_col: str},
+                             encoding="utf-8-sig")
+        start = 0
+        while True:
+            try:
+                chunk = next(reader)
+            except StopIteration:
+                return
+            except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+                text = " ".join(str(exc).split())
+                raise SoilCarbonError(f"{path}: cannot parse the table after row {start} ({text}); "
+                                      "fix the file: every row needs the same number of fields") from exc
+            chunk.columns = [str(c) for c in chunk.columns]
+            if on_bytes is not None:
+                on_bytes(handle.tell())
+            yield start, chunk
+            start += len(chunk)
+
+
+def _parquet_chunks(pfile, path: Path, plan: InputPlan, chunk_size: int, columns: list[str]):
+    start = 0
+    batches = pfile.iter_batches(batch_size=chunk_size, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # pyarrow raises several types for damaged row groups
+            raise SoilCarbonError(f"{path}: cannot read the Parquet data after row {start} "
+                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); write the file again") from exc
+        frame = batch.to_pandas()
+        frame.columns = [str(c) for c in frame.columns]
+        yield start, frame
+        start += len(frame)
+
+
+def _open_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    if path.stat().st_size == 0:
+        raise SoilCarbonError(f"{path}: the file is empty; write the spectra table again")
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for broken files
+        raise SoilCarbonError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); "
+                              "write it again") from exc
+
+
+def _csv_header(path: Path) -> list[str]:
+    from soilcarbon.spectral.readers import _sniff_delimiter
+
+    if path.stat().st_size == 0:
+        raise SoilCarbonError(f"{path}: the file is empty; export the table with a header row")
+    try:
+        header = pd.read_csv(path, sep=_sniff_delimiter(path), nrows=0, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise SoilCarbonError(f"{path}: cannot read the header ({' '.join(str(exc).split())}); "
+                              "save the table as UTF-8 CSV with a header row") from exc
+    return [str(c) for c in header.columns]
+
+
+def read_covariates(path: Path, id_col: str) -> pd.DataFrame:
+    """An id-indexed covariates table (read with :func:`soilcarbon.spectral.lab.read_lab`)."""
+    from soilcarbon.spectral.lab import read_lab
+
+    table = read_lab(path, id_col)
+    return table.set_index(id_col)
+
+
+# ============================================================================ writers
+class _Writer:
+    """Append output chunks to an open temporary CSV or Parquet file."""
+
+    def __init__(self, tmp: Path, kind: str):
+        self.tmp, self.kind = tmp, kind
+        self.handle = self.writer = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        frame = frame[OUTPUT_COLUMNS]
+        if self.kind == "csv":
+            first = self.handle is None
+            if first:
+                self.handle = open(self.tmp, "w", newline="", encoding="utf-8")
+            frame.to_csv(self.handle, header=first, index=False)
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, schema=OUTPUT_SCHEMA(), preserve_index=False)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.kind == "csv":
+            if self.handle is None:
+                self.handle = open(self.tmp, "w", newline="", encoding="utf-8")
+                pd.DataFrame(columns=OUTPUT_COLUMNS).to_csv(self.handle, index=False)
+            self.handle.close()
+        else:
+            if self.writer is None:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                self.writer = pq.ParquetWriter(self.tmp, OUTPUT_SCHEMA())
+                self.writer.write_table(pa.Table.from_pylist([], schema=OUTPUT_SCHEMA()))
+            self.writer.close()
+
+    def abort(self) -> None:
+        try:
+            if self.handle is not None:
+                self.handle.close()
+            if self.writer is not None:
+                self.writer.close()
+        except Exception:  # the temporary file is removed anyway
+            pass
+
+
+def OUTPUT_SCHEMA():
+    import pyarrow as pa
+
+    return pa.schema([(ID_COLUMN, pa.string()), ("prediction", pa.float64()), ("lower", pa.float64()),
+                      ("upper", pa.float64()), ("level", pa.float64()), ("in_domain", pa.bool_()),
+                      ("domain_score", pa.float64()), ("model_uri", pa.string())])
+
+
+def output_kind(path: Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    raise SoilCarbonError(f"{path}: unknown output type {suffix or '(none)'!r}; name the output .csv or .parquet")
+
+
+# ============================================================================ progress
+class Progress:
+    """A rich progress bar on stderr (transient); a no-op when quiet."""
+
+    def __init__(self, quiet: bool, description: str = "predicting"):
+        self.bar = None
+        self.task = None
+        self.description = description
+        if not quiet:
+            from rich.console import Console
+            from rich.progress import (BarColumn, Progress as RichProgress, TaskProgressColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                    TextColumn("{task.fields[samples]} samples"), TimeElapsedColumn(),
+                                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+    def start(self, total: float | None) -> None:
+        if self.bar is not None:
+            self.task = self.bar.add_task(self.description, total=total, samples=0)
+
+    def update(self, completed: float | None = None, samples: int = 0) -> None:
+        if self.bar is not None and self.task is not None:
+            kwargs = {"samples": samples}
+            if completed is not None:
+                kwargs["completed"] = completed
+            self.bar.update(self.task, **kwargs)
+
+
+# ============================================================================ summary
+@dataclass
+class PredictionSummary:
+    """What a batch prediction did."""
+
+    model_uri: str
+    output: str
+    n_samples: int = 0  # output rows
+    n_predicted: int = 0
+    n_problems: int = 0  # samples not predicted, including unreadable OPUS files (no output row)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # the first KEEP_PROBLEMS
+    seconds: float = 0.0
+    engine: str = "local"
+
+    def add_problems(self, problems: list[tuple[str, str]]) -> None:
+        self.n_problems += len(problems)
+        room = KEEP_PROBLEMS - len(self.problems)
+        if room > 0:
+            self.problems.extend(problems[:room])
+
+
+def _ordered_map(function, items: Iterator, workers: int) -> Iterator:
+    """``map`` over ``items`` with a thread pool, in order, with at most ``workers + 1`` items in flight."""
+    if workers <= 1:
+        for item in items:
+            yield function(item)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = collections.deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+# ============================================================================ entry point
+def predict_file(model: ServedModel | str, output, spectra=None, covariates=None, id_col: str = ID_COLUMN,
+                 unit: str | None = None, level: float | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 id_pattern: str | None = None, quiet: bool = True, workers: int | None = None,
+                 problems_output=None) -> PredictionSummary:
+    """Predict every sample of ``spectra`` (CSV/Parquet table, OPUS file or folder) and/or a covariates
+    table with ``model`` and write ``output`` (.csv or .parquet) atomically.
+
+    With ``spectra`` and ``covariates`` both given, covariates are joined by id; with only
+    ``covariates``, that table is the input (covariates-only models). ``problems_output`` (CSV)
+    receives every sample that was not predicted, with the reason.
+    """
+    from soilcarbon.atomic import atomic_path
+
+    started = time.perf_counter()
+    output = Path(output)
+    kind = output_kind(output)
+    if problems_output is not None and output_kind(problems_output) != "csv":
+        raise SoilCarbonError(f"{problems_output}: the problems report is a CSV file; name it .csv")
+    if chunk_size < 1:
+        raise SoilCarbonError(f"chunk size must be a positive number of rows, got {chunk_size}")
+    if spectra is None and covariates is None:
+        raise SoilCarbonError("nothing to predict: pass --spectra (and/or --covariates)")
+    for given in (spectra, covariates):
+        if given is not None and Path(given).exists() and output.exists() and Path(given).resolve() == output.resolve():
+            raise SoilCarbonError(f"{output}: the output would overwrite the input; choose another output name")
+    if not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise SoilCarbonError(f"{output}: folder {output.parent} does not exist; create it first")
+    level_value = None if level is None else check_level(level)
+    model = load_model(model) if isinstance(model, str) else model
+    level_value = model.level if level_value is None else level_value
+    if model.axis is not None and spectra is None:
+        raise SoilCarbonError(f"the model {model.uri} needs spectra ({len(model.axis)} points "
+                              f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} "
+                              f"{model.unit}); pass --spectra")
+    cov_table = None
+    main_path = Path(spectra) if spectra is not None else Path(covariates)
+    if spectra is not None and covariates is not None:
+        if not model.covariates:
+            raise SoilCarbonError(f"the model {model.uri} uses no covariates; drop --covariates")
+        cov_table = read_covariates(Path(covariates), id_col)
+    summary = PredictionSummary(model_uri=model.uri, output=str(output))
+    workers = default_workers() if workers is None else max(1, int(workers))
+    source = open_input(model, main_path, id_col, unit, id_pattern, chunk_size, cov_table,
+                        str(covariates) if covariates else "")
+    summary.add_problems(source.failures)
+
+    def work(item):
+        start, frame, ids, values = item
+        prepared = prepare_chunk(model, source.plan, frame, start, ids, values)
+        return prepared, predict_prepared(model, prepared, level_value)
+
+    with Progress(quiet) as progress, atomic_path(output) as tmp:
+        progress.start(source.total)
+        source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)
+        writer = _Writer(tmp, kind)
+        try:
+            for prepared, result in _ordered_map(work, source.chunks(), workers):
+                writer.write(result)
+                summary.n_samples += len(result)
+                summary.n_predicted += int((~prepared.problem_rows).sum())
+                summary.add_problems(prepared.problems)
+                progress.update(completed=None if source.by_bytes else summary.n_samples, samples=summary.n_samples)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    if problems_output is not None:
+        with atomic_path(Path(problems_output)) as tmp:
+            pd.DataFrame(summary.problems, columns=[ID_COLUMN, "reason"]).to_csv(tmp, index=False)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class InputSource:
+    """An opened input: its plan against the model and a generator of ``(start, frame, ids, values)``."""
+
+    plan: InputPlan
+    generate: Callable[["InputSource"], Iterator]
+    total: float | None  # rows, or bytes when ``by_bytes``
+    by_bytes: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)  # unreadable OPUS files
+    on_bytes: Callable[[int], None] | None = None
+
+    def chunks(self) -> Iterator:
+        return self.generate(self)
+
+
+def open_input(model: ServedModel, path: Path, id_col: str = ID_COLUMN, unit: str | None = None,
+               id_pattern: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+               cov_table: pd.DataFrame | None = None, cov_source: str = "") -> InputSource:
+    """Open a CSV/Parquet table (streamed) or an OPUS file/folder (read whole) and plan it."""
+    path = Path(path)
+    if not path.exists():
+        raise SoilCarbonError(f"{path}: no such file or folder; check the path")
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix in CSV_SUFFIXES:
+        plan = plan_input(model, _csv_header(path), str(path), id_col, unit, None, cov_table, cov_source, 2)
+
+        def generate_csv(source):
+            callback = lambda done: source.on_bytes(done) if source.on_bytes else None  # noqa: E731
+            for start, frame in _csv_chunks(path, plan, chunk_size, callback):
+                yield start, frame, None, None
+
+        return InputSource(plan, generate_csv, path.stat().st_size, by_bytes=True)
+    if path.is_file() and suffix in PARQUET_SUFFIXES:
+        pfile = _open_parquet(path)
+        schema = pfile.schema_arrow
+        stored = (schema.metadata or {}).get(PARQUET_UNIT_KEY)
+        names = [str(n) for n in schema.names]
+        plan = plan_input(model, names, str(path), id_col, unit, stored.decode() if stored else None, cov_table,
+                          cov_source, 0)
+        wanted = set([plan.id_col] + plan.spectral_columns + plan.covariate_columns)
+        columns = [n for n in names if n in wanted]
+
+        def generate_parquet(source):
+            for start, frame in _parquet_chunks(pfile, path, plan, chunk_size, columns):
+                yield start, frame, None, None
+
+        return InputSource(plan, generate_parquet, pfile.metadata.num_rows)
+    # OPUS file or folder: read whole (one spectrum a file); unreadable files are per-sample problems
+    from soilcarbon.spectral.readers import read_spectra
+
+    if model.axis is None:
+        raise SoilCarbonError(f"{path}: the model {model.uri} uses covariates only; pass a covariates table")
+    spectra = read_spectra(path, id_col=id_col, unit=unit, id_pattern=id_pattern, allow_nan=True, on_error="skip")
+    failures = list((getattr(spectra, "detected", {}) or {}).get("failures", []))
+    plan = InputPlan(source=str(path), id_col=id_col, spectral_columns=spectra.columns, axis=spectra.axis,
+                     unit=spectra.unit, line_offset=0)
+    plan.exact = check_alignment(model, spectra.axis, spectra.unit, str(path))
+    if model.covariates:
+        if cov_table is None:
+            raise SoilCarbonError(f"the model {model.uri} needs covariates {', '.join(model.covariates)}; "
+                                  "pass --covariates COV.csv")
+        plan.covariate_table, plan.covariate_source = cov_table, cov_source
+
+    def generate_spectra(source):
+        empty = pd.DataFrame(index=range(0))
+        for start in range(0, len(spectra), chunk_size):
+            stop = min(start + chunk_size, len(spectra))
+            yield start, empty, spectra.ids[start:stop], spectra.values[start:stop]
+
+    return InputSource(plan, generate_spectra, len(spectra), failures=failures)
