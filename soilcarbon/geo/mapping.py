@@ -36,6 +36,7 @@ from soilcarbon.errors import SoilCarbonError
 from soilcarbon.geo.extract import BandRef, band_names, open_raster
 
 OUTPUT_BANDS = ("prediction", "lower", "upper", "in_domain")
+PREDICT_ROWS = 65_536  # pixels per predict_matrix call
 RESAMPLING = ("nearest", "bilinear")
 
 
@@ -265,12 +266,13 @@ class WindowPredictor:
         valid = np.isfinite(X).all(axis=1)
         n_valid = int(valid.sum())
         outside = 0
-        if n_valid:
-            predicted = self.model.predict_matrix(X[valid], self.level)
+        rows = np.flatnonzero(valid)
+        for start in range(0, n_valid, PREDICT_ROWS):  # the interval model's neighbour search needs
+            chunk = rows[start:start + PREDICT_ROWS]    # ~1 kB per row: predict in bounded chunks
+            predicted = self.model.predict_matrix(X[chunk], self.level)
             for band, column in enumerate(OUTPUT_BANDS):
-                flat = out[band].reshape(-1)
-                flat[valid] = predicted[column].to_numpy(dtype=np.float32)
-            outside = int(n_valid - predicted["in_domain"].sum())
+                out[band].reshape(-1)[chunk] = predicted[column].to_numpy(dtype=np.float32)
+            outside += int(len(chunk) - predicted["in_domain"].sum())
         return window, out, n_valid, outside
 
 
