@@ -120,21 +120,43 @@ def test_worker_processes_give_the_same_map(model, stack, tmp_path):
     assert_map_equal(tmp_path / "soc.tif", expected_bands(model, values))
 
 
-def test_one_job_large_window_same_map_and_nearest_resampling(model, stack, tmp_path):
+def test_nearest_resampling_of_coarser_rasters(model, stack, tmp_path):
     folder, values = stack
-    # twi at 20 m (half the resolution): nearest resampling onto the 10 m grid repeats each pixel 2 x 2
-    coarse = np.random.default_rng(7).uniform(2, 15, (H // 2, W // 2)).astype(np.float32)
-    write_raster(tmp_path / "twi20.tif", [coarse], transform=from_origin(X0, Y0, 2 * RES, 2 * RES),
+    # 20 m rasters (half the resolution): nearest resampling onto the 10 m grid repeats each pixel 2 x 2.
+    # twi20 (no nodata value) covers only the 20 left columns of the grid; elev20 has a nodata pixel.
+    rng = np.random.default_rng(7)
+    coarse_twi = rng.uniform(2, 15, (H // 2, 10)).astype(np.float32)
+    coarse_elev = rng.uniform(50, 500, (H // 2, W // 2)).astype(np.float32)
+    coarse_elev[2, 3] = -9999
+    write_raster(tmp_path / "twi20.tif", [coarse_twi], transform=from_origin(X0, Y0, 2 * RES, 2 * RES),
                  descriptions=["twi"])
-    write_raster(tmp_path / "elev.tif", [values["elevation"]], descriptions=["elevation"])
-    paths = [folder / "ndvi.tif", tmp_path / "elev.tif", tmp_path / "twi20.tif"]
+    write_raster(tmp_path / "elev20.tif", [coarse_elev], transform=from_origin(X0, Y0, 2 * RES, 2 * RES),
+                 descriptions=["elevation"], nodata=-9999)
+    paths = [folder / "ndvi.tif", tmp_path / "elev20.tif", tmp_path / "twi20.tif"]
     plan = mapping.plan_stack(paths, model.layout.covariates, resampling="nearest")
-    assert plan.warp == [False, False, True]
+    assert plan.warp == [False, True, True]
     report = mapping.make_map(model, plan, tmp_path / "soc.tif", block_size=512, jobs=1)
-    twi = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)
-    expected = expected_bands(model, dict(values, twi=twi))
+    twi = np.full((H, W), np.nan, dtype=np.float32)
+    twi[:, :20] = np.repeat(np.repeat(coarse_twi, 2, axis=0), 2, axis=1)
+    elevation = np.repeat(np.repeat(np.where(coarse_elev == -9999, np.nan, coarse_elev), 2, axis=0), 2, axis=1)
+    expected = expected_bands(model, dict(values, twi=twi, elevation=elevation))
     assert_map_equal(tmp_path / "soc.tif", expected)
-    assert (report.n_windows, report.n_valid, report.n_nodata) == (1, W * H - 1, 1)
+    nodata = 1 + 4 + H * 10  # ndvi (0, 0), the 2 x 2 nodata elevation, the 10 uncovered columns
+    assert (report.n_windows, report.n_valid, report.n_nodata) == (1, W * H - nodata, nodata)
+
+
+def test_indices_from_bands_feed_the_model(model, stack, tmp_path):
+    folder, values = stack
+    # the model's 'ndvi' covariate computed per pixel from red and NIR bands of another raster
+    rng = np.random.default_rng(3)
+    red = rng.uniform(0.02, 0.1, (H, W)).astype(np.float32)
+    nir = rng.uniform(0.15, 0.5, (H, W)).astype(np.float32)
+    write_raster(tmp_path / "s2.tif", [red, nir], descriptions=["B04", "B08"])
+    plan = mapping.plan_stack([tmp_path / "s2.tif", folder / "terrain.tif"], model.layout.covariates,
+                              indices=["ndvi"], bands={"red": "B04", "nir": "B08"})
+    mapping.make_map(model, plan, tmp_path / "soc.tif", block_size=16, jobs=1)
+    ndvi = (nir.astype(np.float64) - red) / (nir.astype(np.float64) + red)  # by hand
+    assert_map_equal(tmp_path / "soc.tif", expected_bands(model, dict(values, ndvi=ndvi)))
 
 
 def in_process(capsys):

@@ -208,12 +208,14 @@ class WindowPredictor:
             for path, warp in zip(self.plan.paths, self.plan.warp):
                 ds = open_raster(path)
                 opened = [ds]
-                if warp:
+                alpha = None
+                if warp:  # without a nodata value, an alpha band marks the pixels the raster does not cover
                     ds = WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width,
                                    height=grid.height, resampling=Resampling[self.plan.resampling],
                                    add_alpha=ds.nodata is None)
                     opened.append(ds)
-                handles[Path(path)] = ds
+                    alpha = ds.count if opened[0].nodata is None else None
+                handles[Path(path)] = (ds, alpha)
                 with self._lock:
                     self._opened.extend(opened)
             self._local.handles = handles
@@ -231,10 +233,13 @@ class WindowPredictor:
 
         handles = self._datasets()
         out = {}
+        uncovered = {}
         for name, ref in self.plan.inputs.items():
-            ds = handles[ref.path]
+            ds, alpha = handles[ref.path]
             try:
                 data = ds.read(ref.band, window=window, masked=True)
+                if alpha is not None and ref.path not in uncovered:
+                    uncovered[ref.path] = ds.read(alpha, window=window) == 0
             except RasterioError as exc:
                 raise SoilCarbonError(
                     f"{ref.path}: cannot read band {ref.band} at rows {window.row_off}-"
@@ -242,6 +247,8 @@ class WindowPredictor:
                     f"({' '.join(str(exc).split())[:120]}); the file may be truncated or corrupt"
                 ) from exc
             out[name] = np.ma.filled(data.astype(np.float64), np.nan)
+            if ref.path in uncovered:
+                out[name][uncovered[ref.path]] = np.nan
         return out
 
     def covariate_matrix(self, arrays: dict) -> np.ndarray:
