@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from affine import Affine
 from rasterio.warp import transform as warp_transform
 
 from soilcarbon.geo import indices
@@ -25,6 +25,11 @@ X0, Y0, RES = 500000.0, 5600000.0, 10.0
 PIXELS = [("P1", 0, 0), ("P2", 3, 4), ("P3", 19, 29), ("P4", 10, 15)]
 OUTSIDE = ("P5", 600000.0, 5000000.0)
 DEM_RES = (0.0002, 0.0001)
+
+
+def from_origin(west, north, xsize, ysize):
+    """North-up affine transform (rasterio.transform.from_origin without its deprecated operator)."""
+    return Affine(xsize, 0.0, west, 0.0, -ysize, north)
 
 
 def write_raster(path, bands, crs, transform, nodata=None, descriptions=None, dtype=None):
@@ -204,7 +209,8 @@ def test_bad_inputs_name_the_culprit(capsys, scene, tmp_path):
                 "--indices", "ndvi", "--bands", "red=a_1,nir=B08")
     assert "no raster band column named 'B08'" in line
     no_crs = tmp_path / "nocrs.tif"
-    with rasterio.open(no_crs, "w", driver="GTiff", width=2, height=2, count=1, dtype="uint8") as dst:
-        dst.write(np.ones((1, 2, 2), dtype=np.uint8))
+    with pytest.warns(rasterio.errors.NotGeoreferencedWarning):
+        with rasterio.open(no_crs, "w", driver="GTiff", width=2, height=2, count=1, dtype="uint8") as dst:
+            dst.write(np.ones((1, 2, 2), dtype=np.uint8))
     line = _bad(run_cli, tmp_path, "--points", points, "--x", "lon", "--y", "lat", "--rasters", no_crs)
     assert "nocrs.tif: raster has no coordinate reference system" in line

@@ -9,11 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from affine import Affine
 from rasterio.warp import transform_bounds
 from trained_model import train_covariate_model
 
 from soilcarbon.geo import mapping
+
+
+def from_origin(west, north, xsize, ysize):
+    """North-up affine transform (rasterio.transform.from_origin without its deprecated operator)."""
+    return Affine(xsize, 0.0, west, 0.0, -ysize, north)
+
 
 X0, Y0, RES = 500000.0, 5600000.0, 10.0
 H, W = 20, 30
