@@ -67,6 +67,7 @@ def scene(tmp_path_factory):
     dem_rows, dem_cols = np.mgrid[0:40, 0:40]
     write_raster(rasters / "dem.tif", [(dem_rows * 30 + dem_cols + 0.5).astype(np.float32)], "EPSG:4326",
                  from_origin(lon0, lat0, *DEM_RES), descriptions=["elevation"])
+    (rasters / ".soc.tif.x1y2.part.tif").write_text("an unfinished output")  # hidden: --raster-dir skips it
     small_rows, small_cols = np.mgrid[0:5, 0:5]
     write_raster(rasters / "small.tif", [(7000 + small_rows * 10 + small_cols).astype(np.float32)],
                  "EPSG:32631", from_origin(X0, Y0, RES, RES))

@@ -36,7 +36,7 @@ class BandRef:
 
 
 def raster_files(rasters: list[Path] | None, raster_dir: Path | None) -> list[Path]:
-    """The rasters to use, from explicit paths or every raster file in a folder (sorted)."""
+    """The rasters to use, from explicit paths or every visible raster file in a folder (sorted)."""
     rasters = [Path(p) for p in (rasters or [])]
     if rasters and raster_dir:
         raise SoilCarbonError("give --rasters or --raster-dir, not both")
@@ -44,7 +44,8 @@ def raster_files(rasters: list[Path] | None, raster_dir: Path | None) -> list[Pa
         raster_dir = Path(raster_dir)
         if not raster_dir.is_dir():
             raise SoilCarbonError(f"{raster_dir}: not a folder (--raster-dir)")
-        rasters = sorted(p for p in raster_dir.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+        rasters = sorted(p for p in raster_dir.iterdir()  # hidden files (e.g. unfinished outputs) are skipped
+                         if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith("."))
         if not rasters:
             raise SoilCarbonError(f"{raster_dir}: no raster files ({', '.join(RASTER_SUFFIXES)})")
     if not rasters:
