@@ -64,6 +64,8 @@ def extract_command(
     Columns: the id, x and y columns, one per band (band description, else <file stem>_<band>), then indices.
 
     Points outside a raster or on nodata are written empty and reported (count and ids).
+
+    Train on it with --covariates COV.csv --lab LAB.csv --coords X,Y (the coordinates are then not covariates).
     """
     from soilcarbon.atomic import atomic_path
     from soilcarbon.geo import extract as ex
