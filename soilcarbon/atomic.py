@@ -13,6 +13,12 @@ from pathlib import Path
 from soilcarbon.errors import SoilCarbonError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path in the target's folder; rename it to ``path`` on success.
@@ -27,6 +33,7 @@ def atomic_path(path):
     os.close(handle)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

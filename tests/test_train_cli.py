@@ -36,6 +36,13 @@ def _env(tmp_path):
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
 
 
+def _use(tmp_path):
+    """Point this process's MLflow tracking and registry at the test store."""
+    uri = _env(tmp_path)["MLFLOW_TRACKING_URI"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def _registered(tmp_path):
     db = tmp_path / "mlflow.db"
     if not db.exists():
@@ -64,7 +71,7 @@ def test_train_registers_a_model_with_honest_oof(tmp_path, run_cli, small_nirsoi
     rmse = float(np.sqrt(np.mean((oof["prediction"] - oof["observed"]) ** 2)))
     assert rmse < 0.8 * oof["observed"].std()  # a real calibration, better than the mean
 
-    mlflow.set_tracking_uri(_env(tmp_path)["MLFLOW_TRACKING_URI"])
+    _use(tmp_path)
     client = mlflow.MlflowClient()
     version = client.get_model_version("nir-test", "1")
     assert version.tags["target"] == "Ciso" and version.tags["unit"] == "%"
@@ -173,7 +180,7 @@ def test_covariates_only_training_and_lab_join(tmp_path, run_cli, fast_config):
                              fast_config, "--name", "cov-only", env=_env(tmp_path), timeout=TRAIN_TIMEOUT)
     assert code == 0, err
     assert out.strip().splitlines()[-1] == "models:/cov-only/1"
-    mlflow.set_tracking_uri(_env(tmp_path)["MLFLOW_TRACKING_URI"])
+    _use(tmp_path)
     model = mlflow.pyfunc.load_model("models:/cov-only/1")
     assert model.metadata.metadata["soilcarbon"]["covariates"] == ["ndvi", "elevation", "twi"]
     predicted = model.predict(table.drop(columns=["soc"]).head(50))

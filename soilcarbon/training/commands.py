@@ -111,8 +111,8 @@ def train_command(
     if cv_scheme == "spatial" and not coord_cols:
         raise SoilCarbonError("--cv spatial needs --coords X_COL,Y_COL")
     config = config.with_overrides(scheme=cv_scheme, block_size=block_size)
-    if cv_scheme in ("kfold", "group"):
-        coord_cols = None  # coordinates given but another scheme asked for
+    if coord_cols and cv_scheme not in (None, "spatial"):
+        raise SoilCarbonError(f"--coords is for --cv spatial; drop it or use --cv spatial (got --cv {cv_scheme})")
     if oof_output is not None:
         folder = oof_output.parent if str(oof_output.parent) else Path(".")
         if not folder.is_dir():
