@@ -1,0 +1,241 @@
+"""Behaviour tests for memory-based learning (soilcarbon.models.mbl)."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.signal import savgol_filter
+from scipy.spatial.distance import cdist
+from sklearn.base import clone
+from sklearn.cross_decomposition import PLSRegression
+from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_predict
+
+from soilcarbon.errors import SoilCarbonError
+from soilcarbon.models.mbl import MemoryBasedLearner, pls1_nipals
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NIRSOIL = DATA / "nirsoil" / "nirsoil_train.csv"
+
+
+def rmse(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
+def two_cluster_problem(n=240, p=60, seed=0, noise=0.05):
+    """Spectra from two clusters whose response depends on the same latent scores with
+    opposite slopes: y = s @ b_A in cluster A, y = s @ b_B in cluster B. No single linear
+    model of X fits both; a model built on same-cluster neighbours does."""
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(n) % 2
+    s = rng.uniform(-1, 1, size=(n, 3))
+    wav = np.linspace(0, 1, p)
+    loadings = np.stack([np.exp(-((wav - c) ** 2) / 0.005) for c in (0.2, 0.5, 0.8)])
+    offset = np.stack([np.zeros(p), 3.0 * np.sin(3 * np.pi * wav)])
+    X = offset[cluster] + s @ loadings + rng.normal(0, 0.01, size=(n, p))
+    b = np.array([[1.0, 0.5, 0.0], [-1.0, 0.0, 0.8]])
+    y = np.einsum("ij,ij->i", s, b[cluster]) + rng.normal(0, noise, n)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def nirsoil():
+    df = pd.read_csv(NIRSOIL).dropna(subset=["Ciso"])
+    X = df.iloc[:, 4:].to_numpy(float)
+    # first derivative (Savitzky-Golay, window 11, order 2) averaged into 10 nm bins
+    D = savgol_filter(X, 11, 2, deriv=1, axis=1)[:, 5:-5]
+    D = D[:, : (D.shape[1] // 5) * 5].reshape(len(D), -1, 5).mean(axis=2)
+    return D, df["Ciso"].to_numpy(float)
+
+
+# ----------------------------------------------------------------------------- local PLS
+
+
+def test_nipals_pls1_matches_scikit_learn():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 25))
+    y = X[:, :3] @ [1.0, -2.0, 0.5] + rng.normal(0, 0.1, 40)
+    Xc, yc = X - X.mean(0), y - y.mean()
+    B, R, P = pls1_nipals(Xc, yc, 6)
+    for a in (1, 3, 6):
+        ref = PLSRegression(n_components=a, scale=False).fit(X, y)
+        np.testing.assert_allclose(B[:, a - 1], ref.coef_.ravel(), rtol=1e-8, atol=1e-10)
+    # scores through the projection matrix equal scikit-learn's x scores
+    ref6 = PLSRegression(n_components=6, scale=False).fit(X, y)
+    np.testing.assert_allclose(np.abs(Xc @ R), np.abs(ref6.x_scores_), rtol=1e-7, atol=1e-9)
+
+
+def test_neighbourhood_of_whole_set_is_global_pls():
+    """With k = all reference samples, local PLS with fixed components is the global PLS."""
+    X, y = two_cluster_problem(n=80, p=30)
+    Xq, _ = two_cluster_problem(n=20, p=30, seed=5)
+    mbl = MemoryBasedLearner(k=80, local_method="pls", max_pls_c=4).fit(X, y)
+    ref = PLSRegression(n_components=4, scale=False).fit(X, y)
+    np.testing.assert_allclose(mbl.predict(Xq), ref.predict(Xq).ravel(), rtol=1e-8, atol=1e-8)
+
+
+def test_wapls_with_one_component_count_is_plain_local_pls():
+    X, y = two_cluster_problem(n=100, p=30)
+    wapls = MemoryBasedLearner(k=40, local_method="wapls", min_pls_c=5, max_pls_c=5).fit(X, y)
+    pls = MemoryBasedLearner(k=40, local_method="pls", max_pls_c=5).fit(X, y)
+    np.testing.assert_allclose(wapls.predict(X[:15]), pls.predict(X[:15]), rtol=1e-10)
+
+
+def test_wapls_prediction_lies_within_its_component_predictions():
+    X, y = two_cluster_problem(n=100, p=30)
+    Xq, _ = two_cluster_problem(n=10, p=30, seed=3)
+    lo_hi = [MemoryBasedLearner(k=50, local_method="pls", max_pls_c=c).fit(X, y).predict(Xq) for c in range(2, 9)]
+    lo_hi = np.array(lo_hi)
+    pred = MemoryBasedLearner(k=50, min_pls_c=2, max_pls_c=8).fit(X, y).predict(Xq)
+    assert np.all(pred >= lo_hi.min(0) - 1e-9) and np.all(pred <= lo_hi.max(0) + 1e-9)
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+
+def test_local_models_fit_where_a_global_linear_model_cannot():
+    X, y = two_cluster_problem(n=300, seed=0)
+    Xt, yt = two_cluster_problem(n=200, seed=1)
+    pls = GridSearchCV(PLSRegression(scale=False), {"n_components": range(1, 16)}, cv=5).fit(X, y)
+    mbl = MemoryBasedLearner(k=40, min_pls_c=2, max_pls_c=8).fit(X, y)
+    err_pls = rmse(pls.predict(Xt).ravel(), yt)
+    err_mbl = rmse(mbl.predict(Xt), yt)
+    assert err_pls > 0.4  # the global model misses the cluster-specific slopes
+    assert err_mbl < 0.15 < err_pls  # noise sd is 0.05
+    assert err_mbl < 0.3 * err_pls
+
+
+@pytest.mark.parametrize("diss_method", ["pca", "cor"])
+def test_mbl_beats_plain_pls_on_real_nir_soil_carbon(nirsoil, diss_method):
+    X, y = nirsoil
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(y), 300, replace=False)
+    X, y = X[idx], y[idx]
+    cv = KFold(5, shuffle=True, random_state=0)
+    pls = GridSearchCV(PLSRegression(scale=False), {"n_components": range(1, 21)}, cv=5)
+    pred_pls = cross_val_predict(pls, X, y, cv=cv).ravel()
+    mbl = MemoryBasedLearner(k=40, diss_method=diss_method)
+    pred_mbl = cross_val_predict(mbl, X, y, cv=cv)
+    assert rmse(pred_mbl, y) < 0.9 * rmse(pred_pls, y)
+
+
+def test_k_list_is_chosen_by_leave_one_out():
+    X, y = two_cluster_problem(n=200)
+    mbl = MemoryBasedLearner(k=[20, 199], min_pls_c=2, max_pls_c=8).fit(X, y)
+    assert set(mbl.k_validation_rmse_) == {20, 199}
+    assert mbl.k_ == 20  # small neighbourhoods stay inside one cluster
+    assert mbl.k_validation_rmse_[20] < 0.5 * mbl.k_validation_rmse_[199]
+
+
+# ----------------------------------------------------------------------------- dissimilarities
+
+
+def test_correlation_dissimilarity_matches_numpy_corrcoef():
+    X, y = two_cluster_problem(n=60, p=30)
+    Xq = X[:5] + np.random.default_rng(2).normal(0, 0.05, size=(5, X.shape[1]))
+    info = MemoryBasedLearner(k=10, diss_method="cor").fit(X, y).predict_with_info(Xq)
+    r = np.corrcoef(np.vstack([Xq, X]))[:5, 5:]
+    d = np.sort(np.sqrt((1 - r) / 2), axis=1)
+    np.testing.assert_allclose(info["nearest_dissimilarity"], d[:, 0], atol=1e-9)
+    np.testing.assert_allclose(info["mean_dissimilarity"], d[:, :10].mean(1), atol=1e-9)
+
+
+def test_pca_dissimilarity_is_mahalanobis_on_pca_scores():
+    X, y = two_cluster_problem(n=60, p=30)
+    Xq = X[:5][:, ::-1].copy()
+    mbl = MemoryBasedLearner(k=8, diss_method="pca", n_components=4).fit(X, y)
+    pca = PCA(4).fit(X)
+    S, Sq = pca.transform(X), pca.transform(Xq)
+    d = cdist(Sq, S, "mahalanobis", VI=np.linalg.inv(np.cov(S.T))) / np.sqrt(4)
+    d = np.sort(d, axis=1)
+    info = mbl.predict_with_info(Xq)
+    assert mbl.n_components_ == 4
+    np.testing.assert_allclose(info["nearest_dissimilarity"], d[:, 0], rtol=1e-8)
+    np.testing.assert_allclose(info["mean_dissimilarity"], d[:, :8].mean(1), rtol=1e-8)
+
+
+def test_explained_variance_selects_components():
+    X, y = two_cluster_problem(n=80, p=30)
+    ratio = PCA().fit(X).explained_variance_ratio_
+    expected = int(np.argmax(np.cumsum(ratio) >= 0.99)) + 1
+    assert MemoryBasedLearner(k=30, n_components=0.99).fit(X, y).n_components_ == expected
+
+
+def test_far_queries_get_larger_difficulty():
+    X, y = two_cluster_problem(n=120)
+    mbl = MemoryBasedLearner(k=20, n_components=3).fit(X, y)
+    centre = X.mean(axis=0)
+    near = mbl.predict_with_info(X[:10] + 0.001)
+    far = mbl.predict_with_info(centre + 4.0 * (X[:10] - centre))  # 4x further out on every PC
+    assert list(near.columns) == [
+        "prediction",
+        "mean_dissimilarity",
+        "nearest_dissimilarity",
+        "local_spread",
+        "neighbour_y_sd",
+    ]
+    assert np.all(near["nearest_dissimilarity"] < 0.01)
+    assert np.all(far["mean_dissimilarity"] > 2 * near["mean_dissimilarity"])
+
+
+@pytest.mark.parametrize("diss_usage", ["predictors", "weights"])
+def test_dissimilarity_usage_variants_still_fit_the_two_clusters(diss_usage):
+    X, y = two_cluster_problem(n=300, seed=0)
+    Xt, yt = two_cluster_problem(n=100, seed=1)
+    mbl = MemoryBasedLearner(k=40, min_pls_c=2, max_pls_c=8, diss_usage=diss_usage).fit(X, y)
+    assert rmse(mbl.predict(Xt), yt) < 0.2
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+def test_clone_and_get_params():
+    mbl = MemoryBasedLearner(k=[30, 60], diss_method="cor", min_pls_c=2, max_pls_c=9, diss_usage="predictors")
+    params = mbl.get_params()
+    assert params["k"] == [30, 60] and params["diss_method"] == "cor" and params["max_pls_c"] == 9
+    twin = clone(mbl)
+    assert twin.get_params() == params
+    X, y = two_cluster_problem(n=80)
+    mbl.fit(X, y)
+    assert not hasattr(clone(mbl), "k_")
+
+
+def test_predict_before_fit_raises():
+    with pytest.raises(NotFittedError):
+        MemoryBasedLearner().predict(np.zeros((2, 5)))
+
+
+def test_k_larger_than_reference_set_is_clipped_with_warning():
+    X, y = two_cluster_problem(n=50, p=20)
+    with pytest.warns(UserWarning, match="clipped to 50"):
+        big = MemoryBasedLearner(k=500, local_method="pls", max_pls_c=4).fit(X, y)
+    assert big.k_ == 50
+    same = MemoryBasedLearner(k=50, local_method="pls", max_pls_c=4).fit(X, y)
+    np.testing.assert_allclose(big.predict(X[:5]), same.predict(X[:5]))
+
+
+def test_wrong_feature_count_is_refused():
+    X, y = two_cluster_problem(n=50, p=20)
+    mbl = MemoryBasedLearner(k=10).fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        mbl.predict(X[:, :10])
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"diss_method": "cosine"}, "diss_method"),
+        ({"diss_usage": "both"}, "diss_usage"),
+        ({"local_method": "gpr"}, "local_method"),
+        ({"k": 2}, "k must be"),
+        ({"min_pls_c": 5, "max_pls_c": 3}, "min_pls_c"),
+        ({"n_components": 1.5}, "n_components"),
+    ],
+)
+def test_bad_parameters_give_one_line_errors(params, fragment):
+    X, y = two_cluster_problem(n=50, p=20)
+    params = {"k": 20, **params}
+    with pytest.raises(SoilCarbonError, match=fragment):
+        MemoryBasedLearner(**params).fit(X, y)
