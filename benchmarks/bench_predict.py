@@ -13,12 +13,13 @@ points from one Parquet file, against the baseline of only reading the same file
 - ``model only``: the model's own ``predict_matrix`` on the same chunks, without reading, MLflow's
   input checks or writing: the floor set by the algorithm.
 - ``ours``: the whole command path (read, align, MLflow pyfunc predict, write Parquet atomically),
-  with 1 and with ``--workers`` threads.
+  with 1 and with ``--workers`` threads, each run in its own process so that its peak resident
+  memory (``VmHWM``) is its own; a run on the first tenth of the file shows that the peak does
+  not grow with the input (it is set by the chunks in flight).
 
-The ratio column is seconds / read seconds. Peak RSS of the process is printed to show that memory is
-bounded by the chunks, not by the 560 MB of spectra.
+The ratio column is seconds / read seconds (best of 2 reads, one before and one after).
 
-    .venv/bin/python benchmarks/bench_predict.py [--n 100000] [--chunk-size 10000] [--workers 2]
+    .venv/bin/python benchmarks/bench_predict.py [--n 100000] [--chunk-size 5000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def read_only(path: Path, chunk_size: int) -> float:
     import pyarrow.parquet as pq
 
     started = time.perf_counter()
-    pfile = pq.ParquetFile(path)
+    pfile = pq.ParquetFile(path, pre_buffer=False)  # as predict opens it (constant memory)
     rows = 0
     for batch in pfile.iter_batches(batch_size=chunk_size):
         frame = batch.to_pandas()
@@ -95,28 +96,71 @@ def read_only(path: Path, chunk_size: int) -> float:
 
 
 def model_only(served, path: Path, chunk_size: int) -> float:
-    """Seconds spent in the model's own predict_matrix over the file's chunks (reading not timed)."""
+    """Seconds spent in the model's own predict_matrix over the file's chunks (reading not timed),
+    with the same one-thread BLAS/OpenMP limit as the command."""
     import pyarrow.parquet as pq
+    from threadpoolctl import threadpool_limits
 
     inner = served.pyfunc.unwrap_python_model().model
     spent = 0.0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-        matrix = batch.to_pandas().drop(columns=["sample_id"]).to_numpy(dtype=float)
-        started = time.perf_counter()
-        inner.predict_matrix(matrix)
-        spent += time.perf_counter() - started
+    with threadpool_limits(limits=1):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_size):
+            matrix = batch.to_pandas().drop(columns=["sample_id"]).to_numpy(dtype=float)
+            started = time.perf_counter()
+            inner.predict_matrix(matrix)
+            spent += time.perf_counter() - started
     return spent
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it does not carry the parent's
+    peak over fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(uri: str, source: Path, output: Path, chunk_size: int, workers: int) -> None:
+    """One run of the command path in this process; prints JSON with seconds and peak RSS."""
+    import json
+
+    from soilcarbon.serving.predict import load_model, predict_file
+
+    served = load_model(uri)
+    base = peak_rss_mb()
+    summary = predict_file(served, output, spectra=source, chunk_size=chunk_size, workers=workers)
+    peak = peak_rss_mb()
+    print(json.dumps({"seconds": summary.seconds, "n": summary.n_predicted, "peak_mb": peak, "before_mb": base}))
+
+
+def run_child(uri: str, source: Path, output: Path, chunk_size: int, workers: int) -> dict:
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, __file__, "--child", uri, str(source), str(output), str(chunk_size),
+                           str(workers)], capture_output=True, text=True, env=dict(os.environ), timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--chunk-size", type=int, default=10_000)
+    parser.add_argument("--chunk-size", type=int, default=5_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default=None, help="a registered model URI (MLFLOW_TRACKING_URI) instead of training")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        uri, source, output, chunk_size, workers = args.child
+        child(uri, Path(source), Path(output), int(chunk_size), int(workers))
+        return
 
-    from soilcarbon.serving.predict import load_model, predict_file
+    import pyarrow.parquet as pq
+
+    from soilcarbon.serving.predict import load_model
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         folder = Path(tmp)
@@ -128,28 +172,34 @@ def main() -> None:
         write_spectra(source, args.n)
         size = source.stat().st_size
         print(f"wrote {args.n} spectra ({size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        small = folder / "small.parquet"
+        with pq.ParquetWriter(small, pq.ParquetFile(source).schema_arrow) as writer:
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=args.n // 10):
+                writer.write_batch(batch)
+                break
         served = load_model(uri)
         rows = []
-        read_seconds = min(read_only(source, args.chunk_size) for _ in range(2))
-        rows.append(("read only (baseline)", read_seconds))
-        rows.append(("model only (predict_matrix)", model_only(served, source, args.chunk_size)))
+        read_seconds = read_only(source, args.chunk_size)
+        rows.append(["read only (baseline)", read_seconds, None])
+        rows.append(["model only (predict_matrix)", model_only(served, source, args.chunk_size), None])
         for workers in sorted({1, args.workers}):
-            out = folder / f"pred-{workers}.parquet"
-            summary = predict_file(served, out, spectra=source, chunk_size=args.chunk_size, workers=workers)
-            assert summary.n_predicted == args.n, summary
-            rows.append((f"ours, {workers} worker{'s' if workers > 1 else ''} (read+predict+write)", summary.seconds))
-        read_again = read_only(source, args.chunk_size)
-        rows[0] = (rows[0][0], min(read_seconds, read_again))
-        read_seconds = rows[0][1]
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            result = run_child(uri, source, folder / f"pred-{workers}.parquet", args.chunk_size, workers)
+            assert result["n"] == args.n, result
+            rows.append([f"ours, {workers} worker{'s' if workers > 1 else ''} (read+predict+write)", result["seconds"],
+                         result["peak_mb"]])
+        tenth = run_child(uri, small, folder / "pred-small.parquet", args.chunk_size, args.workers)
+        rows[0][1] = read_seconds = min(read_seconds, read_only(source, args.chunk_size))
 
     print(f"\nBatch prediction, {args.n:,} NIR spectra x 700 points from Parquet ({size / 1e6:.0f} MB), "
           f"chunks of {args.chunk_size:,}, {os.cpu_count()} CPUs, model {uri}")
-    print(f"| {'step':<44} | {'seconds':>8} | {'spectra/s':>10} | {'x read':>7} |")
-    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 12}|{'-' * 9}|")
-    for name, seconds in rows:
-        print(f"| {name:<44} | {seconds:8.2f} | {args.n / seconds:10,.0f} | {seconds / read_seconds:7.1f} |")
-    print(f"peak RSS of this process: {peak:,.0f} MB (the spectra alone are {args.n * 700 * 8 / 1e6:,.0f} MB as float64)")
+    print(f"| {'step':<44} | {'seconds':>8} | {'spectra/s':>10} | {'x read':>7} | {'peak RSS MB':>11} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 12}|{'-' * 9}|{'-' * 13}|")
+    for name, seconds, peak in rows:
+        memory = f"{peak:11,.0f}" if peak else f"{'':11}"
+        print(f"| {name:<44} | {seconds:8.2f} | {args.n / seconds:10,.0f} | {seconds / read_seconds:7.1f} | {memory} |")
+    print(f"memory: the same command on the first {args.n // 10:,} spectra peaks at {tenth['peak_mb']:,.0f} MB "
+          f"(before predicting: {tenth['before_mb']:,.0f} MB); the {args.n:,} spectra alone are "
+          f"{args.n * 700 * 8 / 1e6:,.0f} MB as float64")
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

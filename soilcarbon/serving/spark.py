@@ -127,7 +127,7 @@ def _is_uri(text: str) -> bool:
 
 
 def predict_spark(model, spectra, output, covariates=None, id_col: str = ID_COLUMN, unit: str | None = None,
-                  level: float | None = None, chunk_size: int = 10_000, problems_output=None, quiet: bool = True,
+                  level: float | None = None, chunk_size: int = 5_000, problems_output=None, quiet: bool = True,
                   spark=None, master: str | None = None) -> PredictionSummary:
     """Score a Parquet table with ``mlflow.pyfunc.spark_udf`` and write ``output`` (see the module doc)."""
     from soilcarbon.atomic import atomic_path
@@ -262,7 +262,7 @@ def _merge(staging: Path, tmp: Path, kind: str, summary: PredictionSummary) -> N
     writer = _Writer(tmp, kind)
     try:
         for part in parts:
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=65536):
+            for batch in pq.ParquetFile(part, pre_buffer=False).iter_batches(batch_size=65536):
                 frame = batch.to_pandas()
                 problem = frame[PROBLEM_COLUMN].notna().to_numpy()
                 if problem.any():
