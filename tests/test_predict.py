@@ -209,7 +209,7 @@ def test_covariates_only_model(store, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ per-sample problems
-def test_samples_with_bad_values_are_reported_and_the_others_go_on(store, env, nir_table, reference, tmp_path):
+def test_samples_with_bad_values_are_reported_and_the_others_go_on(store, nir_table, reference, tmp_path, capsys):
     table = nir_table.head(300).astype({"1500": object, "2000": object, "1700": object})
     table.loc[10, "1500"] = np.nan  # NIRsoil-11: one missing value
     table.loc[250, "2000"] = "abc"  # NIRsoil-251, in the third chunk: not a number
@@ -218,8 +218,8 @@ def test_samples_with_bad_values_are_reported_and_the_others_go_on(store, env, n
     source = tmp_path / "bad.csv"
     table.to_csv(source, index=False)
     out, problems = tmp_path / "bad-pred.csv", tmp_path / "problems.csv"
-    code, stdout, stderr = run_cli("predict", "--model", NIR, "--spectra", source, "--output", out,
-                                   "--chunk-size", 100, "--problems", problems, env=env)
+    code, stdout, stderr = cli(capsys, "predict", "--model", NIR, "--spectra", source, "--output", out,
+                               "--chunk-size", 100, "--problems", problems)
     assert code == 0, stderr
     assert "warning: sample NIRsoil-11 not predicted: 1 missing spectral value(s), first in column '1500'" in stderr
     assert "warning: sample NIRsoil-251 not predicted: non-numeric value 'abc' in column '2000'" in stderr

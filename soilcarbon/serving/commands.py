@@ -30,9 +30,9 @@ def predict_command(
 ):
     """Predict SOC with intervals and domain flags for every sample of a file, with a registered model.
 
-    Output columns: sample_id, prediction, lower, upper, level, in_domain, domain_score, model_uri
-    (the resolved version). Samples with missing or non-numeric values get empty predictions and are
-    reported with the reason; the others go on.
+    Output columns: sample_id, prediction, lower, upper, level, in_domain, domain_score, model_uri (the resolved version, never an alias).
+
+    Samples with missing or non-numeric values get empty predictions and are reported with the reason (exit code 0); problems with the whole input stop the command with exit code 2 and write nothing.
     """
     if engine not in ("local", "spark"):
         raise SoilCarbonError(f"--engine must be local or spark, got {engine!r}")
@@ -73,8 +73,12 @@ def serve_command(
     max_batch: int = typer.Option(1000, "--max-batch", help="Most samples accepted in one request."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
 ):
-    """Serve the model over HTTP (FastAPI + uvicorn): POST /v1/predict, /v1/predict/file, GET /v1/models,
-    /healthz, POST /v1/reload, docs at /docs. Set SOILCARBON_API_KEY to require an X-API-Key header."""
+    """Serve a model over HTTP (FastAPI + uvicorn).
+
+    Routes: POST /v1/predict (JSON), POST /v1/predict/file (CSV/Parquet table or OPUS files), GET /v1/models, GET /healthz, POST /v1/reload (re-resolve the alias), docs at /docs.
+
+    Set SOILCARBON_API_KEY to require it in an X-API-Key header on every route but /healthz.
+    """
     import uvicorn
 
     from soilcarbon.serving.api import create_app
