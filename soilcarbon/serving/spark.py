@@ -137,7 +137,8 @@ def predict_spark(model, spectra, output, covariates=None, id_col: str = ID_COLU
     if reason:
         raise SoilCarbonError(f"--engine spark: {reason}")
     spectra_text = str(spectra)
-    if Path(spectra_text).suffix.lower() not in PARQUET_SUFFIXES and not Path(spectra_text).is_dir():
+    if (not _is_uri(spectra_text) and Path(spectra_text).suffix.lower() not in PARQUET_SUFFIXES
+            and not Path(spectra_text).is_dir()):
         raise SoilCarbonError(f"{spectra_text}: --engine spark reads Parquet (a .parquet file or dataset folder); "
                               "convert the table with `soilcarbon spectra convert` or use --engine local")
     if not _is_uri(spectra_text) and not Path(spectra_text).exists():
