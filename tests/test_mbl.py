@@ -71,24 +71,44 @@ def test_neighbourhood_of_whole_set_is_global_pls():
     """With k = all reference samples, local PLS with fixed components is the global PLS."""
     X, y = two_cluster_problem(n=80, p=30)
     Xq, _ = two_cluster_problem(n=20, p=30, seed=5)
-    mbl = MemoryBasedLearner(k=80, local_method="pls", max_pls_c=4).fit(X, y)
+    mbl = MemoryBasedLearner(k=80, local_method="pls", max_components=4, diss_usage="none").fit(X, y)
     ref = PLSRegression(n_components=4, scale=False).fit(X, y)
     np.testing.assert_allclose(mbl.predict(Xq), ref.predict(Xq).ravel(), rtol=1e-8, atol=1e-8)
 
 
 def test_wapls_with_one_component_count_is_plain_local_pls():
     X, y = two_cluster_problem(n=100, p=30)
-    wapls = MemoryBasedLearner(k=40, local_method="wapls", min_pls_c=5, max_pls_c=5).fit(X, y)
-    pls = MemoryBasedLearner(k=40, local_method="pls", max_pls_c=5).fit(X, y)
+    wapls = MemoryBasedLearner(k=40, local_method="wapls", min_components=5, max_components=5).fit(X, y)
+    pls = MemoryBasedLearner(k=40, local_method="pls", max_components=5).fit(X, y)
     np.testing.assert_allclose(wapls.predict(X[:15]), pls.predict(X[:15]), rtol=1e-10)
+
+
+def test_tricube_weighted_full_rank_local_pls_is_weighted_least_squares():
+    """With as many components as predictors, weighted local PLS is weighted least squares on
+    the neighbours, with tricube weights of the correlation dissimilarity (hand-computed)."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(60, 5)) + np.linspace(0, 1, 5)
+    y = X @ [1.0, -1.0, 0.5, 0.0, 2.0] + 0.3 * X[:, 0] ** 2 + rng.normal(0, 0.05, 60)
+    xq = X[0] + rng.normal(0, 0.1, 5)
+    k = 25
+    mbl = MemoryBasedLearner(k=k, diss_method="cor", diss_usage="weights", local_method="pls", max_components=5)
+    pred = mbl.fit(X, y).predict(xq[None, :])[0]
+    d = np.sqrt((1 - np.corrcoef(np.vstack([xq, X]))[0, 1:]) / 2)
+    nb = np.argsort(d)[:k]
+    w = np.maximum((1 - (d[nb] / d[nb].max()) ** 3) ** 3, 1e-6)
+    A = np.column_stack([np.ones(k), X[nb]]) * np.sqrt(w)[:, None]
+    beta = np.linalg.lstsq(A, y[nb] * np.sqrt(w), rcond=None)[0]
+    assert pred == pytest.approx(beta[0] + xq @ beta[1:], rel=1e-8)
+    unweighted = MemoryBasedLearner(k=k, diss_method="cor", diss_usage="none", local_method="pls", max_components=5)
+    assert unweighted.fit(X, y).predict(xq[None, :])[0] != pytest.approx(pred, rel=1e-6)
 
 
 def test_wapls_prediction_lies_within_its_component_predictions():
     X, y = two_cluster_problem(n=100, p=30)
     Xq, _ = two_cluster_problem(n=10, p=30, seed=3)
-    lo_hi = [MemoryBasedLearner(k=50, local_method="pls", max_pls_c=c).fit(X, y).predict(Xq) for c in range(2, 9)]
+    lo_hi = [MemoryBasedLearner(k=50, local_method="pls", max_components=c).fit(X, y).predict(Xq) for c in range(2, 9)]
     lo_hi = np.array(lo_hi)
-    pred = MemoryBasedLearner(k=50, min_pls_c=2, max_pls_c=8).fit(X, y).predict(Xq)
+    pred = MemoryBasedLearner(k=50, min_components=2, max_components=8).fit(X, y).predict(Xq)
     assert np.all(pred >= lo_hi.min(0) - 1e-9) and np.all(pred <= lo_hi.max(0) + 1e-9)
 
 
@@ -99,7 +119,7 @@ def test_local_models_fit_where_a_global_linear_model_cannot():
     X, y = two_cluster_problem(n=300, seed=0)
     Xt, yt = two_cluster_problem(n=200, seed=1)
     pls = GridSearchCV(PLSRegression(scale=False), {"n_components": range(1, 16)}, cv=5).fit(X, y)
-    mbl = MemoryBasedLearner(k=40, min_pls_c=2, max_pls_c=8).fit(X, y)
+    mbl = MemoryBasedLearner(k=40, min_components=2, max_components=8).fit(X, y)
     err_pls = rmse(pls.predict(Xt).ravel(), yt)
     err_mbl = rmse(mbl.predict(Xt), yt)
     assert err_pls > 0.4  # the global model misses the cluster-specific slopes
@@ -107,8 +127,12 @@ def test_local_models_fit_where_a_global_linear_model_cannot():
     assert err_mbl < 0.3 * err_pls
 
 
-@pytest.mark.parametrize("diss_method", ["pca", "cor"])
-def test_mbl_beats_plain_pls_on_real_nir_soil_carbon(nirsoil, diss_method):
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"k": 60, "diss_method": "pca", "diss_usage": "predictors", "max_components": 15}],
+    ids=["default", "resemble-like"],
+)
+def test_mbl_beats_plain_pls_on_real_nir_soil_carbon(nirsoil, params):
     X, y = nirsoil
     rng = np.random.default_rng(0)
     idx = rng.choice(len(y), 300, replace=False)
@@ -116,14 +140,14 @@ def test_mbl_beats_plain_pls_on_real_nir_soil_carbon(nirsoil, diss_method):
     cv = KFold(5, shuffle=True, random_state=0)
     pls = GridSearchCV(PLSRegression(scale=False), {"n_components": range(1, 21)}, cv=5)
     pred_pls = cross_val_predict(pls, X, y, cv=cv).ravel()
-    mbl = MemoryBasedLearner(k=40, diss_method=diss_method)
+    mbl = MemoryBasedLearner(**params)
     pred_mbl = cross_val_predict(mbl, X, y, cv=cv)
     assert rmse(pred_mbl, y) < 0.9 * rmse(pred_pls, y)
 
 
 def test_k_list_is_chosen_by_leave_one_out():
     X, y = two_cluster_problem(n=200)
-    mbl = MemoryBasedLearner(k=[20, 199], min_pls_c=2, max_pls_c=8).fit(X, y)
+    mbl = MemoryBasedLearner(k=[20, 199], min_components=2, max_components=8).fit(X, y)
     assert set(mbl.k_validation_rmse_) == {20, 199}
     assert mbl.k_ == 20  # small neighbourhoods stay inside one cluster
     assert mbl.k_validation_rmse_[20] < 0.5 * mbl.k_validation_rmse_[199]
@@ -145,13 +169,13 @@ def test_correlation_dissimilarity_matches_numpy_corrcoef():
 def test_pca_dissimilarity_is_mahalanobis_on_pca_scores():
     X, y = two_cluster_problem(n=60, p=30)
     Xq = X[:5][:, ::-1].copy()
-    mbl = MemoryBasedLearner(k=8, diss_method="pca", n_components=4).fit(X, y)
+    mbl = MemoryBasedLearner(k=8, diss_method="pca", diss_components=4).fit(X, y)
     pca = PCA(4).fit(X)
     S, Sq = pca.transform(X), pca.transform(Xq)
     d = cdist(Sq, S, "mahalanobis", VI=np.linalg.inv(np.cov(S.T))) / np.sqrt(4)
     d = np.sort(d, axis=1)
     info = mbl.predict_with_info(Xq)
-    assert mbl.n_components_ == 4
+    assert mbl.diss_components_ == 4
     np.testing.assert_allclose(info["nearest_dissimilarity"], d[:, 0], rtol=1e-8)
     np.testing.assert_allclose(info["mean_dissimilarity"], d[:, :8].mean(1), rtol=1e-8)
 
@@ -160,12 +184,12 @@ def test_explained_variance_selects_components():
     X, y = two_cluster_problem(n=80, p=30)
     ratio = PCA().fit(X).explained_variance_ratio_
     expected = int(np.argmax(np.cumsum(ratio) >= 0.99)) + 1
-    assert MemoryBasedLearner(k=30, n_components=0.99).fit(X, y).n_components_ == expected
+    assert MemoryBasedLearner(k=30, diss_method="pca", diss_components=0.99).fit(X, y).diss_components_ == expected
 
 
 def test_far_queries_get_larger_difficulty():
     X, y = two_cluster_problem(n=120)
-    mbl = MemoryBasedLearner(k=20, n_components=3).fit(X, y)
+    mbl = MemoryBasedLearner(k=20, diss_method="pca", diss_components=3).fit(X, y)
     centre = X.mean(axis=0)
     near = mbl.predict_with_info(X[:10] + 0.001)
     far = mbl.predict_with_info(centre + 4.0 * (X[:10] - centre))  # 4x further out on every PC
@@ -184,7 +208,7 @@ def test_far_queries_get_larger_difficulty():
 def test_dissimilarity_usage_variants_still_fit_the_two_clusters(diss_usage):
     X, y = two_cluster_problem(n=300, seed=0)
     Xt, yt = two_cluster_problem(n=100, seed=1)
-    mbl = MemoryBasedLearner(k=40, min_pls_c=2, max_pls_c=8, diss_usage=diss_usage).fit(X, y)
+    mbl = MemoryBasedLearner(k=40, min_components=2, max_components=8, diss_usage=diss_usage).fit(X, y)
     assert rmse(mbl.predict(Xt), yt) < 0.2
 
 
@@ -192,9 +216,9 @@ def test_dissimilarity_usage_variants_still_fit_the_two_clusters(diss_usage):
 
 
 def test_clone_and_get_params():
-    mbl = MemoryBasedLearner(k=[30, 60], diss_method="cor", min_pls_c=2, max_pls_c=9, diss_usage="predictors")
+    mbl = MemoryBasedLearner(k=[30, 60], diss_method="cor", min_components=2, max_components=9, diss_usage="predictors")
     params = mbl.get_params()
-    assert params["k"] == [30, 60] and params["diss_method"] == "cor" and params["max_pls_c"] == 9
+    assert params["k"] == [30, 60] and params["diss_method"] == "cor" and params["max_components"] == 9
     twin = clone(mbl)
     assert twin.get_params() == params
     X, y = two_cluster_problem(n=80)
@@ -210,9 +234,9 @@ def test_predict_before_fit_raises():
 def test_k_larger_than_reference_set_is_clipped_with_warning():
     X, y = two_cluster_problem(n=50, p=20)
     with pytest.warns(UserWarning, match="clipped to 50"):
-        big = MemoryBasedLearner(k=500, local_method="pls", max_pls_c=4).fit(X, y)
+        big = MemoryBasedLearner(k=500, local_method="pls", max_components=4).fit(X, y)
     assert big.k_ == 50
-    same = MemoryBasedLearner(k=50, local_method="pls", max_pls_c=4).fit(X, y)
+    same = MemoryBasedLearner(k=50, local_method="pls", max_components=4).fit(X, y)
     np.testing.assert_allclose(big.predict(X[:5]), same.predict(X[:5]))
 
 
@@ -230,8 +254,8 @@ def test_wrong_feature_count_is_refused():
         ({"diss_usage": "both"}, "diss_usage"),
         ({"local_method": "gpr"}, "local_method"),
         ({"k": 2}, "k must be"),
-        ({"min_pls_c": 5, "max_pls_c": 3}, "min_pls_c"),
-        ({"n_components": 1.5}, "n_components"),
+        ({"min_components": 5, "max_components": 3}, "min_components"),
+        ({"diss_components": 1.5}, "diss_components"),
     ],
 )
 def test_bad_parameters_give_one_line_errors(params, fragment):
