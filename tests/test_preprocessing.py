@@ -426,3 +426,12 @@ def test_sklearn_checks_that_apply_to_axis_bound_steps(est):
         results = check_estimator(est, on_fail=None, on_skip=None)
     status = {r["check_name"]: r["status"] for r in results if r["check_name"] in wanted}
     assert set(status) == wanted and set(status.values()) == {"passed"}, status
+
+
+def test_resample_with_step_only_uses_multiples_inside_the_axis():
+    nir = build_preprocessing([{"name": "resample", "step": 10}], np.arange(1100, 2500, 2.0))
+    grid = nir.steps[-1][1].new_axis
+    assert grid[0] == 1100 and grid[-1] == 2490 and len(grid) == 140
+    mir = build_preprocessing([{"name": "resample", "step": 10}], np.linspace(5996.48, 179.37, 3017))
+    grid = mir.steps[-1][1].new_axis
+    assert grid[0] == 5990 and grid[-1] == 180 and np.all(np.diff(grid) == -10)  # keeps the axis direction

@@ -160,3 +160,37 @@ def test_domain_flags_foreign_spectra(nirsoil_csv, corn_dir):
     assert corn_X.shape[1] == X.shape[1]  # same 1100-2498 nm grid
     assert not domain.in_domain(corn_X).any()  # corn is not soil
     assert (domain.score_samples(corn_X) > 1).all()
+
+
+# ------------------------------------------------------------- candidates
+def test_candidate_preprocessing_override_and_small_data_caps():
+    from soilcarbon.models.layout import FeatureLayout
+    from soilcarbon.training.candidates import PLS, PLSScores, build_candidate
+
+    config = parse_config({"candidates": [
+        {"model": "pls", "label": "pls-raw", "preprocessing": [], "grid": {"n_components": [30]}},
+        {"model": "lightgbm", "grid": {"n_pls": [3], "n_estimators": [20]}},
+    ], "target_transforms": ["none"]})
+    specs = config.expand(has_spectra=True, has_covariates=False)
+    assert specs[0].name == "pls-raw(n_components=30)|none" and specs[0].preprocessing == []
+    rng = np.random.default_rng(0)
+    axis = np.arange(1100, 1200, 2.0)
+    X = rng.normal(size=(12, len(axis)))
+    y = X[:, 0] * 2 + X[:, 1]
+    layout = FeatureLayout(axis, "nm")
+    pls = build_candidate(specs[0], layout, config.preprocessing).fit(X, y)
+    # no preprocessing: 30 components capped at n_samples - 1 = 11 reproduce y on the training set
+    assert pls.named_steps["pls"].pls_.n_components == 11
+    assert np.allclose(pls.predict(X), y, atol=1e-6)
+    lgbm = build_candidate(specs[1], layout, config.preprocessing)
+    assert isinstance(lgbm.named_steps["features"].transformers[0][1].named_steps["compress"], PLSScores)
+    scores = PLSScores(2).fit(X, y).transform(X)
+    assert scores.shape == (12, 2)
+    assert isinstance(PLS(3).fit(X, y).predict(X), np.ndarray) and PLS(3).fit(X, y).predict(X).ndim == 1
+
+
+def test_bad_candidate_preprocessing_is_named(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("candidates: [{model: pls, preprocessing: snv}]")
+    with pytest.raises(SoilCarbonError, match="'preprocessing' must be a list"):
+        load_config(path)

@@ -604,7 +604,8 @@ def build_preprocessing(steps: list[dict], axis) -> Pipeline:
     - ``detrend``: :class:`Detrend`, order (2)
     - ``trim``: :class:`Trim`, start (None), end (None)
     - ``resample``: :class:`Resample`, new_axis, or start, end and step (the grid
-      ``start, start + step, ...`` up to and including ``end``)
+      ``start, start + step, ...`` up to and including ``end``); with step alone, start and end
+      are the multiples of step inside the current axis (so one config fits NIR and MIR)
     - ``absorbance``: :class:`ReflectanceToAbsorbance`, no parameters
 
     ``trim``, ``resample`` and ``detrend`` get ``axis`` automatically: the axis as it is at
@@ -654,7 +655,7 @@ def _make_step(name: str, params: dict, axis: np.ndarray | None):
     if name in ("trim", "resample") and axis is None:
         raise PreprocessingError("needs the spectral axis, but none was given")
     if name == "resample":
-        params = {"new_axis": _resample_grid(params)}
+        params = {"new_axis": _resample_grid(params, axis)}
     if name in _AXIS_STEPS and axis is not None:
         params = {**params, "axis": axis}
     step = cls(**params)
@@ -666,11 +667,17 @@ def _make_step(name: str, params: dict, axis: np.ndarray | None):
     return step, axis
 
 
-def _resample_grid(params: dict) -> np.ndarray:
+def _resample_grid(params: dict, axis: np.ndarray | None = None) -> np.ndarray:
     if "new_axis" in params:
         if set(params) != {"new_axis"}:
             raise PreprocessingError("give either new_axis or start, end and step, not both")
         return np.asarray(_check_axis(params["new_axis"], "Resample", "new_axis"))
+    if axis is not None and "step" in params and _is_number(params["step"]) and params["step"] > 0:
+        # start/end default to the multiples of step inside the current axis, in its direction
+        step = params["step"]
+        low, high = np.ceil(np.min(axis) / step) * step, np.floor(np.max(axis) / step) * step
+        first, last = (low, high) if axis[-1] > axis[0] else (high, low)
+        params = {"start": first, "end": last, **params}
     missing = [k for k in ("start", "end", "step") if k not in params]
     if missing:
         raise PreprocessingError(f"needs new_axis, or start, end and step (missing: {', '.join(missing)})")

@@ -3,8 +3,8 @@
 - ``pls``: PLS regression (Wold et al. 2001) on the preprocessed spectra.
 - ``mbl``: memory-based learning, local PLS on each query's spectral neighbours
   (Ramirez-Lopez et al. 2013), see :mod:`soilcarbon.models.mbl`.
-- ``lightgbm``: gradient-boosted trees (Ke et al. 2017) on PCA scores of the preprocessed
-  spectra plus the covariates (fusion of both sources).
+- ``lightgbm``: gradient-boosted trees (Ke et al. 2017) on PLS (``n_pls``) or PCA (``n_pca``)
+  scores of the preprocessed spectra plus the covariates (fusion of both sources).
 - ``covariates``: gradient-boosted trees on the covariates alone.
 
 A target transform (log, sqrt) wraps any of them in a ``TransformedTargetRegressor``.
@@ -13,6 +13,7 @@ A target transform (log, sqrt) wraps any of them in a ``TransformedTargetRegress
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.cross_decomposition import PLSRegression
 from sklearn.decomposition import PCA
@@ -40,24 +41,51 @@ def _lgbm(params: dict, seed: int):
     defaults = dict(n_estimators=400, learning_rate=0.05, num_leaves=15, min_child_samples=10,
                     subsample=0.8, subsample_freq=1, colsample_bytree=0.8, verbose=-1, n_jobs=1,
                     random_state=seed)
-    defaults.update({k: v for k, v in params.items() if k != "n_pca"})
+    defaults.update({k: v for k, v in params.items() if k not in ("n_pca", "n_pls")})
     return LGBMRegressor(**defaults)
 
 
-class _PLS(PLSRegression):
-    """PLSRegression whose predictions are 1-D (so it nests in TransformedTargetRegressor)."""
+class PLS(RegressorMixin, BaseEstimator):
+    """PLS regression (scale=False) with 1-D predictions; ``n_components`` is capped at what the
+    training data allow (n_samples - 1, n_features), so small data sets do not fail."""
 
-    def predict(self, X, copy=True):
-        return np.ravel(super().predict(X, copy=copy))
+    def __init__(self, n_components: int = 10):
+        self.n_components = n_components
+
+    def fit(self, X, y):
+        n = int(min(self.n_components, X.shape[0] - 1, X.shape[1]))
+        self.pls_ = PLSRegression(n_components=n, scale=False).fit(X, y)
+        return self
+
+    def predict(self, X):
+        return np.ravel(self.pls_.predict(X))
+
+
+class PLSScores(TransformerMixin, BaseEstimator):
+    """The X scores of a PLS regression on y, as a supervised compression step (a transformer
+    that returns only the scores, which ``PLSRegression.fit_transform`` does not)."""
+
+    def __init__(self, n_components: int = 15):
+        self.n_components = n_components
+
+    def fit(self, X, y):
+        n = int(min(self.n_components, X.shape[0] - 1, X.shape[1]))
+        self.pls_ = PLSRegression(n_components=n, scale=False).fit(X, y)
+        return self
+
+    def transform(self, X):
+        return self.pls_.transform(X)
 
 
 def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: list, seed: int = 0):
-    """A fresh, unfitted estimator for one candidate."""
+    """A fresh, unfitted estimator for one candidate (its own preprocessing, if it has one)."""
     params = dict(spec.params)
+    if spec.preprocessing is not None:
+        preprocessing = spec.preprocessing
     if spec.model == "pls":
         model = Pipeline([
             ("features", _spectra_only(spectral_preprocessing(preprocessing, layout), layout)),
-            ("pls", _PLS(n_components=int(params.get("n_components", 10)), scale=False)),
+            ("pls", PLS(n_components=int(params.get("n_components", 10)))),
         ])
     elif spec.model == "mbl":
         from soilcarbon.models.mbl import MemoryBasedLearner
@@ -67,9 +95,11 @@ def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: l
             ("mbl", MemoryBasedLearner(**params)),
         ])
     elif spec.model == "lightgbm":
+        compress = (PLSScores(int(params["n_pls"])) if "n_pls" in params
+                    else PCA(n_components=int(params.get("n_pca", 20)), random_state=seed))
         blocks = [("spectra", Pipeline([
             ("preprocessing", spectral_preprocessing(preprocessing, layout)),
-            ("pca", PCA(n_components=int(params.get("n_pca", 20)), random_state=seed)),
+            ("compress", compress),
         ]), layout.spectral_index)]
         if layout.covariates:
             blocks.append(("covariates", "passthrough", layout.covariate_index))
