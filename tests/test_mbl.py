@@ -263,3 +263,77 @@ def test_bad_parameters_give_one_line_errors(params, fragment):
     params = {"k": 20, **params}
     with pytest.raises(SoilCarbonError, match=fragment):
         MemoryBasedLearner(**params).fit(X, y)
+
+
+# ----------------------------------------------------------------------------- batched path
+
+
+def _loop_reference(mbl, Xq):
+    """The per-query reference path (one NIPALS per query) on the same neighbourhoods."""
+    Eq = mbl._embed(Xq)
+    D = mbl._pairwise(Eq, mbl.E_, mbl.diss_method)
+    return mbl._predict_rows_loop(Xq, Eq, D, mbl.k_)
+
+
+@pytest.mark.parametrize("local_method", ["wapls", "pls"])
+@pytest.mark.parametrize("diss_usage", ["weights", "none", "predictors"])
+@pytest.mark.parametrize("diss_method", ["cor", "pca", "pls", "euclid"])
+def test_batched_prediction_equals_per_query_local_models(nirsoil, diss_method, diss_usage, local_method):
+    """The batched kernel-form local PLS gives the per-query NIPALS results, on real NIR
+    spectra and on the synthetic two-cluster problem, for every option combination."""
+    X, y = nirsoil
+    rng = np.random.default_rng(1)
+    Xq = X[rng.choice(len(X), 12)] + rng.normal(0, 0.02 * X.std(), size=(12, X.shape[1]))
+    Xs, ys = two_cluster_problem(n=120, p=30)
+    Xsq, _ = two_cluster_problem(n=10, p=30, seed=9)
+    params = dict(diss_method=diss_method, diss_usage=diss_usage, local_method=local_method, diss_components=5)
+    for ref, resp, query, extra in ((X, y, Xq, {"k": 60}), (Xs, ys, Xsq, {"k": 30, "max_components": 8})):
+        mbl = MemoryBasedLearner(**params, **extra).fit(ref, resp)
+        info = mbl.predict_with_info(query)
+        expected = _loop_reference(mbl, query)
+        scale = np.abs(expected).max(axis=0)
+        np.testing.assert_allclose(info.to_numpy(), expected, rtol=1e-8, atol=1e-9 * scale.max())
+        np.testing.assert_allclose(mbl.predict(query), expected[:, 0], rtol=1e-8)
+
+
+def test_batched_default_model_equals_per_query_path_on_real_data(nirsoil):
+    X, y = nirsoil
+    mbl = MemoryBasedLearner().fit(X[:400], y[:400])
+    expected = _loop_reference(mbl, X[400:460])
+    got = mbl.predict_with_info(X[400:460]).to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-12)
+    assert np.abs(got[:, 0] - expected[:, 0]).max() < 1e-8 * np.abs(expected[:, 0]).max()
+
+
+def test_neighbourhoods_with_constant_response_fall_back_to_the_mean():
+    """Where every neighbour has the same response NIPALS stops at zero components; the
+    batched path hands those queries to the per-query path, which predicts the constant."""
+    X, y = two_cluster_problem(n=120, p=30)
+    y = np.where(np.arange(120) % 2 == 0, 3.25, y)  # cluster A: constant response
+    mbl = MemoryBasedLearner(k=20, diss_method="euclid", min_components=2, max_components=6).fit(X, y)
+    Xq, _ = two_cluster_problem(n=10, p=30, seed=4)
+    info = mbl.predict_with_info(Xq)
+    np.testing.assert_allclose(info["prediction"].to_numpy()[::2], 3.25, rtol=1e-12)
+    np.testing.assert_allclose(info.to_numpy(), _loop_reference(mbl, Xq), rtol=1e-8, atol=1e-12)
+
+
+def test_k_choice_by_leave_one_out_uses_the_same_local_models():
+    X, y = two_cluster_problem(n=100, p=30)
+    mbl = MemoryBasedLearner(k=[15, 40], min_components=2, max_components=6).fit(X, y)
+    D = mbl._pairwise(mbl.E_, mbl.E_, "cor")
+    np.fill_diagonal(D, np.inf)
+    for k, rmse_k in mbl.k_validation_rmse_.items():
+        loop = mbl._predict_rows_loop(X, mbl.E_, D, k)[:, 0]
+        assert rmse_k == pytest.approx(rmse(loop, y), rel=1e-9)
+
+
+def test_fitted_model_pickles_without_its_gram_cache():
+    import pickle
+
+    X, y = two_cluster_problem(n=80, p=20)
+    mbl = MemoryBasedLearner(k=20, max_components=5).fit(X, y)
+    before = mbl.predict(X[:5])
+    assert "_gram" in mbl.__dict__
+    twin = pickle.loads(pickle.dumps(mbl))
+    assert "_gram" not in twin.__dict__
+    np.testing.assert_array_equal(twin.predict(X[:5]), before)

@@ -72,6 +72,8 @@ from soilcarbon.errors import SoilCarbonError
 DISS_METHODS = ("cor", "pca", "pls", "euclid")
 DISS_USAGES = ("weights", "none", "predictors")
 LOCAL_METHODS = ("wapls", "pls")
+_BLOCK_BYTES = 8e6  # local k x k Gram matrices per block of queries (fits a shared L3 cache)
+_GRAM_MAX_BYTES = 256e6  # reference Gram matrix cached for the batched path up to n ~ 5,700
 
 
 # --------------------------------------------------------------------------- local PLS
@@ -127,6 +129,87 @@ def _wapls_weights(x, B, R, P, lo, hi):
     rmsb = np.sqrt(np.mean(B[:, lo - 1 : hi] ** 2, axis=0))
     inv = 1.0 / np.maximum(resid * rmsb, 1e-300)
     return inv / inv.sum()
+
+
+def _cumulative_quadratic(c, M):
+    """``S[..., j] = c[..., :j+1] @ M[..., :j+1, :j+1] @ c[..., :j+1]`` for every ``j`` (batched)."""
+    Z = c[..., :, None] * M * c[..., None, :]
+    return np.diagonal(np.cumsum(np.cumsum(Z, axis=-1), axis=-2), axis1=-2, axis2=-1)
+
+
+def _batched_kernel_pls(K, yw, kq, xx, n_components, n_features, lo, local_method):
+    """Local PLS1 predictions for a batch of queries from their k x k kernels.
+
+    Exactly the algebra of :func:`pls1_nipals` + :func:`_wapls_weights`, rewritten in terms of
+    the weighted, centred local Gram matrix ``K = Xw Xw'`` (B, k, k) -- the kernel form of
+    NIPALS PLS1 (Lindgren et al., 1993; Rannar et al., 1994). With ``Xd = Pi X`` the deflated
+    matrix (``Pi`` the projector orthogonal to the scores found so far) and ``yd = Pi y``:
+    ``w = Xw' yd / |Xw' yd|``, ``|Xw' yd|^2 = yd' K yd``, ``t = Pi K yd / |Xw' yd|``; the
+    loadings ``P = Xw' T D^-1`` (``D = diag(t't)``) and weights ``W = Xw' U`` never need to be
+    formed: ``P'W = D^-1 T'(K U)``, ``P'P = D^-1 T'K T D^-1``, ``W'W = U'(K U)``, and the query
+    enters only through ``kq = Xw xz`` and ``xx = |xz|^2``. One k x k matrix-vector product per
+    component instead of five k x p ones, and all queries of a block at once.
+
+    ``yw`` (B, k) is the weighted centred response, ``n_features`` the number of local
+    predictors (for the root mean squares of ``_wapls_weights``). Returns ``(pred, spread,
+    bad)``; ``bad`` flags queries whose NIPALS stopped early (fewer components) or that came
+    out non-finite: the caller recomputes those with the per-query reference path.
+    """
+    nb, k = yw.shape
+    A = n_components
+    tol = 1e-10 * np.maximum(np.sqrt(np.maximum(np.einsum("bii->b", K), 0.0)), 1e-300)
+    tol *= np.maximum(np.linalg.norm(yw, axis=1), 1e-300)
+    U = np.empty((nb, A, k))
+    V = np.empty((nb, A, k))  # K u_a
+    T = np.empty((nb, A, k))
+    tt = np.empty((nb, A))
+    q = np.empty((nb, A))
+    bad = np.zeros(nb, dtype=bool)
+    yd = yw.copy()
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for a in range(A):
+            v = np.matmul(yd[:, None, :], K)[:, 0, :]  # K symmetric: yd' K = (K yd)'
+            norm_w = np.sqrt(np.maximum(np.einsum("bi,bi->b", yd, v), 0.0))
+            bad |= ~(norm_w > tol)
+            u = yd / norm_w[:, None]
+            v /= norm_w[:, None]
+            if a:
+                Ta = T[:, :a]
+                c = np.matmul(Ta, v[:, :, None])[:, :, 0] / tt[:, :a]
+                t = v - np.matmul(c[:, None, :], Ta)[:, 0, :]
+            else:
+                t = v.copy()
+            tta = np.einsum("bi,bi->b", t, t)
+            bad |= ~(tta > 1e-300)
+            qa = np.einsum("bi,bi->b", yd, t) / tta
+            yd -= qa[:, None] * t
+            U[:, a], V[:, a], T[:, a], tt[:, a], q[:, a] = u, v, t, tta, qa
+        # P'W = D^-1 T'(K U)   (A x A)
+        PtW = np.matmul(T, V.transpose(0, 2, 1)) / tt[:, :, None]
+        PtW[bad] = np.eye(A)
+        Minv = np.linalg.inv(PtW)
+        # query scores t_q = xz R = (xz W) (P'W)^-1 = (kq' U) (P'W)^-1
+        tq = np.matmul(np.matmul(U, kq[:, :, None])[:, :, 0][:, None, :], Minv)[:, 0, :]
+        preds = np.cumsum(tq * q, axis=1)  # one per component count (without the mean)
+        if local_method == "pls":
+            pred, spread = preds[:, A - 1], np.zeros(nb)
+        else:
+            KT = np.matmul(K, T.transpose(0, 2, 1))  # (B, k, A)
+            PtP = np.matmul(T, KT) / (tt[:, :, None] * tt[:, None, :])
+            pxz = np.einsum("bak,bk->ba", T, kq) / tt  # p_a . xz
+            resid2 = xx[:, None] - 2.0 * np.cumsum(tq * pxz, axis=1) + _cumulative_quadratic(tq, PtP)
+            WtW = np.matmul(U, V.transpose(0, 2, 1))
+            RtR = np.matmul(np.matmul(Minv.transpose(0, 2, 1), WtW), Minv)
+            b2 = _cumulative_quadratic(q, RtR)
+            resid = np.sqrt(np.maximum(resid2, 0.0) / n_features)[:, lo - 1 : A]
+            rmsb = np.sqrt(np.maximum(b2, 0.0) / n_features)[:, lo - 1 : A]
+            inv = 1.0 / np.maximum(resid * rmsb, 1e-300)
+            wts = inv / inv.sum(axis=1, keepdims=True)
+            sel = preds[:, lo - 1 : A]
+            pred = np.einsum("bj,bj->b", wts, sel)
+            spread = np.sqrt(np.einsum("bj,bj->b", wts, (sel - pred[:, None]) ** 2))
+        bad |= ~(np.isfinite(pred) & np.isfinite(spread))
+    return pred, spread, bad
 
 
 # --------------------------------------------------------------------------- estimator
@@ -375,8 +458,10 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         order = np.take_along_axis(D, idx, axis=1).argsort(axis=1, kind="stable")
         return np.take_along_axis(idx, order, axis=1)
 
-    def _predict_rows(self, Xq, Eq, D, k):
-        nb = self._neighbours(D, k)
+    def _predict_rows_loop(self, Xq, Eq, D, k, nb=None):
+        """Reference path: one local model per query (kept for the equivalence tests and as the
+        fallback for queries whose local NIPALS stops early)."""
+        nb = self._neighbours(D, k) if nb is None else nb
         out = np.empty((len(Xq), 5))
         for i in range(len(Xq)):
             j = nb[i]
@@ -385,6 +470,93 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
                 self.X_[j], self.y_[j], dn, Xq[i], dn, self.E_[j], Eq[i]
             )
             out[i] = (pred, dn.mean(), dn[0], spread, self.y_[j].std(ddof=1))
+        return out
+
+    def _gram_cache(self):
+        """Reference-set Gram matrix of the globally centred spectra (and, for
+        ``diss_usage="predictors"``, the reference dissimilarity matrix), computed once per
+        fitted model; ``None`` when ``n^2`` doubles would exceed ``_GRAM_MAX_BYTES``."""
+        cache = self.__dict__.get("_gram")
+        if cache is not None and cache[0] is self.X_:
+            return cache[1]
+        n = len(self.X_)
+        value = None
+        if n * n * 8 <= _GRAM_MAX_BYTES:
+            mu = self.X_.mean(axis=0)
+            Xr = self.X_ - mu
+            Dref = self._pairwise(self.E_, self.E_, self.diss_method) if self.diss_usage == "predictors" else None
+            value = (mu, Xr, Xr @ Xr.T, Dref)
+        self.__dict__["_gram"] = (self.X_, value)
+        return value
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_gram", None)  # a cache, rebuilt on demand
+        return state
+
+    def _predict_rows(self, Xq, Eq, D, k):
+        """All queries' local models at once (see :func:`_batched_kernel_pls`), in blocks."""
+        if self.scale:
+            return self._predict_rows_loop(Xq, Eq, D, k)
+        nb_all = self._neighbours(D, k)
+        cache = self._gram_cache()
+        if cache is None:
+            return self._predict_rows_loop(Xq, Eq, D, k, nb_all)
+        mu, Xr, G, Dref = cache
+        n, p = self.X_.shape
+        predictors = self.diss_usage == "predictors"
+        n_features = p + k if predictors else p
+        hi_req = max(min(self.max_components, k - 2), 1)
+        A = int(min(hi_req, k - 1, n_features))
+        lo = min(self.min_components, A) if self.local_method == "wapls" else A
+        out = np.empty((len(Xq), 5))
+        block = max(1, int(_BLOCK_BYTES // (8 * k * k)))
+        for s0 in range(0, len(Xq), block):
+            sl = slice(s0, min(s0 + block, len(Xq)))
+            nb = nb_all[sl]
+            dn = np.take_along_axis(D[sl], nb, axis=1)
+            yn = self.y_[nb]
+            if self.diss_usage == "weights":
+                dmax = dn.max(axis=1, keepdims=True)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    w = np.where(dmax > 0, (1.0 - (dn / dmax) ** 3) ** 3, 1.0)
+                w = np.maximum(w, 1e-6)
+                w /= w.sum(axis=1, keepdims=True)
+            else:
+                w = np.full(nb.shape, 1.0 / k)
+            ym = np.einsum("bi,bi->b", w, yn)
+            sw = np.sqrt(w * k)
+            yw = (yn - ym[:, None]) * sw
+            xq = Xq[sl] - mu
+            Gnn = G[nb[:, :, None], nb[:, None, :]]
+            gq = np.take_along_axis(xq @ Xr.T, nb, axis=1)
+            xx0 = np.einsum("bi,bi->b", xq, xq)
+            if predictors:
+                Dn = Dref[nb[:, :, None], nb[:, None, :]]
+                Gnn += np.matmul(Dn, Dn.transpose(0, 2, 1))
+                gq += np.matmul(Dn, dn[:, :, None])[:, :, 0]
+                xx0 += np.einsum("bi,bi->b", dn, dn)
+            # local weighted centring: Xc = Xn - 1 xm', xm = w'Xn, done on the Gram matrix
+            Gw = np.matmul(Gnn, w[:, :, None])[:, :, 0]
+            wGw = np.einsum("bi,bi->b", w, Gw)
+            wg = np.einsum("bi,bi->b", w, gq)
+            K = Gnn
+            K -= Gw[:, :, None]
+            K -= Gw[:, None, :]
+            K += wGw[:, None, None]
+            K *= sw[:, :, None]
+            K *= sw[:, None, :]
+            kq = sw * (gq - Gw - (wg - wGw)[:, None])
+            xx = xx0 - 2.0 * wg + wGw
+            pred, spread, bad = _batched_kernel_pls(K, yw, kq, xx, A, n_features, lo, self.local_method)
+            out[sl, 0] = ym + pred
+            out[sl, 1] = dn.mean(axis=1)
+            out[sl, 2] = dn[:, 0]
+            out[sl, 3] = spread
+            out[sl, 4] = yn.std(axis=1, ddof=1)
+            if bad.any():
+                rows = np.flatnonzero(bad) + s0
+                out[rows] = self._predict_rows_loop(Xq[rows], Eq[rows], D[rows], k, nb_all[rows])
         return out
 
     # ------------------------------------------------------------------ API
