@@ -194,3 +194,31 @@ def test_bad_candidate_preprocessing_is_named(tmp_path):
     path.write_text("candidates: [{model: pls, preprocessing: snv}]")
     with pytest.raises(SoilCarbonError, match="'preprocessing' must be a list"):
         load_config(path)
+
+
+def test_covariate_learners_fit_a_known_linear_relation():
+    from soilcarbon.training.candidates import covariate_learner
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 3))
+    y = 2 * X[:, 0] - X[:, 1] + rng.normal(0, 0.1, 300)
+    X[5, 2] = np.nan  # the linear and SVR learners impute; the trees take NaN as it is
+    for learner in ("lightgbm", "forest", "linear", "svr"):
+        model = covariate_learner(learner, {}, seed=0).fit(X[:200], y[:200])
+        rmse = np.sqrt(np.mean((model.predict(X[200:]) - y[200:]) ** 2))
+        assert rmse < 0.5 * y.std(), learner
+    linear = covariate_learner("linear", {}).fit(X[:200], y[:200])
+    assert linear.named_steps["ridge"].coef_ / np.nanstd(X[:200], axis=0) == pytest.approx([2, -1, 0], abs=0.05)
+    with pytest.raises(SoilCarbonError, match="unknown covariates learner"):
+        covariate_learner("xgboost", {})
+
+
+def test_rows_with_missing_covariates_are_dropped_and_counted():
+    from soilcarbon.training.data import assemble
+
+    table = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "ndvi": [0.1, np.nan, 0.3, 0.4],
+                          "soc": [1.0, 2.0, np.nan, 4.0]})
+    data = assemble(None, "soc", table)
+    assert list(data.ids) == ["a", "d"] and data.n_dropped == 2
+    assert any("missing covariate values" in note and "(b)" in note for note in data.notes)
+    assert data.layout.covariates == ["ndvi"] and data.X.tolist() == [[0.1], [0.4]]

@@ -5,7 +5,8 @@
   (Ramirez-Lopez et al. 2013), see :mod:`soilcarbon.models.mbl`.
 - ``lightgbm``: gradient-boosted trees (Ke et al. 2017) on PLS (``n_pls``) or PCA (``n_pca``)
   scores of the preprocessed spectra plus the covariates (fusion of both sources).
-- ``covariates``: gradient-boosted trees on the covariates alone.
+- ``covariates``: a learner on the covariates alone: gradient boosting, random forest, ridge
+  multiple linear regression or SVR (``learner``).
 
 A target transform (log, sqrt) wraps any of them in a ``TransformedTargetRegressor``.
 """
@@ -106,13 +107,40 @@ def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: l
         model = Pipeline([("features", ColumnTransformer(blocks, remainder="drop")),
                           ("lightgbm", _lgbm(params, seed))])
     elif spec.model == "covariates":
+        learner = params.pop("learner", "lightgbm")
         model = Pipeline([
             ("features", ColumnTransformer([("covariates", "passthrough", layout.covariate_index)])),
-            ("lightgbm", _lgbm(params, seed)),
+            (learner, covariate_learner(learner, params, seed)),
         ])
     else:  # parse_config guards this
         raise SoilCarbonError(f"unknown candidate model {spec.model!r}")
     return with_target_transform(model, spec.transform)
+
+
+def covariate_learner(learner: str, params: dict, seed: int = 0):
+    """A regressor for covariates: ``lightgbm`` (gradient boosting), ``forest`` (random forest,
+    Breiman 2001), ``linear`` (ridge-regularized multiple linear regression, alpha by internal
+    CV) or ``svr`` (RBF support vector regression on standardized inputs and target). Missing
+    covariate values are imputed by the median for the linear and SVR learners."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVR
+
+    if learner == "lightgbm":
+        return _lgbm(params, seed)
+    if learner == "forest":
+        defaults = dict(n_estimators=300, min_samples_leaf=2, max_features=0.5, n_jobs=1, random_state=seed)
+        return RandomForestRegressor(**{**defaults, **params})
+    if learner == "linear":
+        return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
+                         ("ridge", RidgeCV(alphas=np.logspace(-3, 3, 13)))])
+    if learner == "svr":
+        svr = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
+                        ("svr", SVR(**{"C": 10.0, "epsilon": 0.1, **params}))])
+        return TransformedTargetRegressor(svr, transformer=StandardScaler())
+    raise SoilCarbonError(f"unknown covariates learner {learner!r}; use lightgbm, forest, linear or svr")
 
 
 def with_target_transform(model, transform: str):

@@ -32,7 +32,8 @@ target_transforms: [none, sqrt]
 #   pls        PLS regression on the preprocessed spectra
 #   mbl        memory-based learning: local PLS on each query's spectral neighbours
 #   lightgbm   gradient boosting on PLS (n_pls) or PCA (n_pca) scores of the spectra + covariates
-#   covariates gradient boosting on the covariates only (used when covariates are given)
+#   covariates a learner on the covariates only (forest, lightgbm, linear, svr), used when
+#              covariates are given without spectra
 # A candidate may carry its own `preprocessing` list and a `label` to tell it apart.
 candidates:
   - model: mbl
@@ -46,8 +47,19 @@ candidates:
     grid: {n_components: [8, 12, 16, 20, 24, 28]}
   - model: lightgbm
     grid: {n_pls: [15], n_estimators: [400], learning_rate: [0.03], num_leaves: [7]}
+  # covariates-only learners (random forest, boosting, ridge MLR, SVR), stacked when better
   - model: covariates
-    grid: {n_estimators: [400], learning_rate: [0.05], num_leaves: [15]}
+    label: cov-forest
+    grid: {learner: [forest], min_samples_leaf: [1, 5]}
+  - model: covariates
+    label: cov-lightgbm
+    grid: {learner: [lightgbm], n_estimators: [300], learning_rate: [0.03], num_leaves: [7]}
+  - model: covariates
+    label: cov-linear
+    grid: {learner: [linear]}
+  - model: covariates
+    label: cov-svr
+    grid: {learner: [svr], C: [1, 10]}
 
 # Stack the best candidate of each model family (non-negative weights fitted on out-of-fold
 # predictions) when that beats the best single model in cross-validation.

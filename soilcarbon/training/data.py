@@ -116,6 +116,15 @@ def assemble(spectra: Spectra | None, target: str, covariates: pd.DataFrame | No
         raise SoilCarbonError(f"no sample has a value for target {target!r}")
     if np.ptp(y) == 0:
         raise SoilCarbonError(f"target {target!r} is constant ({y[0]:g}) in all {len(y)} samples; nothing to calibrate")
+    if cov_names:
+        missing = table[cov_names].apply(pd.to_numeric, errors="coerce").isna().any(axis=1).to_numpy()
+        if missing.all():
+            raise SoilCarbonError(f"{covariates_source}: every sample has a missing covariate value")
+        if missing.any():
+            notes.append(f"{int(missing.sum())} sample(s) with missing covariate values were dropped "
+                         f"({', '.join(table[id_col].astype(str)[missing].head(5))})")
+            n_dropped += int(missing.sum())
+            table, y = table[~missing].reset_index(drop=True), y[~missing]
     ids = table[id_col].astype(str).to_numpy()
     layout = FeatureLayout(
         axis=None if spectra is None else spectra.axis.copy(),

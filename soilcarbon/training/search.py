@@ -1,5 +1,5 @@
 """Model selection by cross-validation: every candidate's out-of-fold predictions on the same
-folds, the lowest RMSE wins; a non-negative stacked ensemble of the best model families wins
+folds, the lowest RMSE wins; a non-negative stacked ensemble of the best of each model family (label) wins
 instead when its cross-validated RMSE (weights fitted without the fold they predict) is lower.
 """
 
@@ -92,9 +92,10 @@ def select(scores: list, y: np.ndarray, labels: np.ndarray, config: TrainConfig)
         return chosen
     members, families = [], set()
     for score in ranked:
-        if score.spec.model not in families:
+        family = score.spec.label or score.spec.model
+        if family not in families:
             members.append(score)
-            families.add(score.spec.model)
+            families.add(family)
     members = members[: int(ensemble.get("max_members", 3))]
     if len(members) < 2:
         return chosen
