@@ -137,53 +137,73 @@ def _cumulative_quadratic(c, M):
     return np.diagonal(np.cumsum(np.cumsum(Z, axis=-1), axis=-2), axis1=-2, axis2=-1)
 
 
-def _batched_kernel_pls(K, yw, kq, xx, n_components, n_features, lo, local_method):
-    """Local PLS1 predictions for a batch of queries from their k x k kernels.
+def _batched_kernel_pls(G, sw, w, Gw, trK, yw, kq, xx, n_components, n_features, lo, local_method, work=None):
+    """Local PLS1 predictions for a batch of queries, computed from their k x k Gram matrices.
 
     Exactly the algebra of :func:`pls1_nipals` + :func:`_wapls_weights`, rewritten in terms of
-    the weighted, centred local Gram matrix ``K = Xw Xw'`` (B, k, k) -- the kernel form of
-    NIPALS PLS1 (Lindgren et al., 1993; Rannar et al., 1994). With ``Xd = Pi X`` the deflated
-    matrix (``Pi`` the projector orthogonal to the scores found so far) and ``yd = Pi y``:
-    ``w = Xw' yd / |Xw' yd|``, ``|Xw' yd|^2 = yd' K yd``, ``t = Pi K yd / |Xw' yd|``; the
-    loadings ``P = Xw' T D^-1`` (``D = diag(t't)``) and weights ``W = Xw' U`` never need to be
-    formed: ``P'W = D^-1 T'(K U)``, ``P'P = D^-1 T'K T D^-1``, ``W'W = U'(K U)``, and the query
-    enters only through ``kq = Xw xz`` and ``xx = |xz|^2``. One k x k matrix-vector product per
-    component instead of five k x p ones, and all queries of a block at once.
+    the weighted, centred local kernel ``K = Xw Xw'`` -- the kernel form of NIPALS PLS1
+    (Lindgren et al., 1993; Rannar et al., 1994). With ``Xd = Pi X`` the deflated matrix
+    (``Pi`` the projector orthogonal to the scores found so far) and ``yd = Pi y``:
+    ``w = Xw' yd / |Xw' yd|`` with ``|Xw' yd|^2 = yd' K yd``, and ``t = Pi K yd / |Xw' yd|``;
+    the loadings ``P = Xw' T D^-1`` (``D = diag(t't)``) and weights ``W = Xw' U`` are never
+    formed: ``P'W = D^-1 T'(K U)``, ``P'P = D^-1 T'K T D^-1``, ``W'W = U'(K U)``, and the
+    query enters only through ``kq = Xw xz`` and ``xx = |xz|^2``. ``K T`` follows from the
+    products ``K yd`` already made (``yd_a+1 = yd_a - q_a t_a``), hence one k x k
+    matrix-vector product per component (``K yd``) instead of five k x p ones in NIPALS.
 
-    ``yw`` (B, k) is the weighted centred response, ``n_features`` the number of local
-    predictors (for the root mean squares of ``_wapls_weights``). Returns ``(pred, spread,
-    bad)``; ``bad`` flags queries whose NIPALS stopped early (fewer components) or that came
-    out non-finite: the caller recomputes those with the per-query reference path.
+    ``K = S (I - 1w') G (I - w1') S`` (``S = diag(sw)``) is applied without being formed:
+    ``G`` (B, k, k) is the uncentred Gram matrix of the neighbours, ``Gw = G w`` and ``trK``
+    the trace of ``K``. ``yw`` (B, k) is the weighted centred response, ``n_features`` the
+    number of local predictors (for the root mean squares of ``_wapls_weights``). ``work``
+    optionally holds reusable (>= A + 1, >= B, k) arrays (fresh pages are costly to fault in).
+
+    Returns ``(pred, spread, bad)``, ``pred`` without the local response mean; ``bad`` flags
+    queries whose NIPALS stops early (fewer components) or that come out non-finite: the
+    caller recomputes those with the per-query reference path.
     """
     nb, k = yw.shape
     A = n_components
-    tol = 1e-10 * np.maximum(np.sqrt(np.maximum(np.einsum("bii->b", K), 0.0)), 1e-300)
+
+    def kernel_times(x):
+        xs = sw * x
+        xs -= w * xs.sum(axis=1, keepdims=True)
+        g = np.matmul(G, xs[:, :, None])[:, :, 0]
+        g -= np.einsum("bi,bi->b", Gw, xs)[:, None]
+        g *= sw
+        return g
+
+    tol = 1e-10 * np.maximum(np.sqrt(np.maximum(trK, 0.0)), 1e-300)
     tol *= np.maximum(np.linalg.norm(yw, axis=1), 1e-300)
-    U = np.empty((nb, A, k))
-    V = np.empty((nb, A, k))  # K u_a
-    T = np.empty((nb, A, k))
-    tt = np.empty((nb, A))
-    q = np.empty((nb, A))
+    # work arrays component-major so that each component's slice is contiguous
+    if work is None:
+        work = [np.empty((A + 1, nb, k)) for _ in range(4)]
+    U, V, T = (M[:A, :nb] for M in work[:3])
+    Z = work[3][: A + 1, :nb]  # K yd_a
+    tt = np.empty((A, nb))
+    q = np.empty((A, nb))
     bad = np.zeros(nb, dtype=bool)
     yd = yw.copy()
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for a in range(A):
-            v = np.matmul(yd[:, None, :], K)[:, 0, :]  # K symmetric: yd' K = (K yd)'
-            norm_w = np.sqrt(np.maximum(np.einsum("bi,bi->b", yd, v), 0.0))
+            z = Z[a] = kernel_times(yd)
+            norm_w = np.sqrt(np.maximum(np.einsum("bi,bi->b", yd, z), 0.0))
             bad |= ~(norm_w > tol)
-            u = yd / norm_w[:, None]
-            v /= norm_w[:, None]
+            inv_norm = (1.0 / norm_w)[:, None]
+            np.multiply(yd, inv_norm, out=U[a])
+            v = np.multiply(z, inv_norm, out=V[a])
+            t = T[a]
             if a:
-                Ta = T[:, :a]
-                c = np.matmul(Ta, v[:, :, None])[:, :, 0] / tt[:, :a]
-                t = v - np.matmul(c[:, None, :], Ta)[:, 0, :]
+                Ta = T[:a].transpose(1, 0, 2)  # (B, a, k)
+                c = np.matmul(Ta, v[:, :, None])[:, :, 0] / tt[:a].T
+                np.subtract(v, np.matmul(c[:, None, :], Ta)[:, 0, :], out=t)
             else:
-                t = v.copy()
-            tta = np.einsum("bi,bi->b", t, t)
+                t[...] = v
+            tta = tt[a] = np.einsum("bi,bi->b", t, t)
             bad |= ~(tta > 1e-300)
-            qa = np.einsum("bi,bi->b", yd, t) / tta
+            qa = q[a] = np.einsum("bi,bi->b", yd, t) / tta
             yd -= qa[:, None] * t
-            U[:, a], V[:, a], T[:, a], tt[:, a], q[:, a] = u, v, t, tta, qa
+        U, V, T = (M.transpose(1, 0, 2) for M in (U, V, T))  # (B, A, k)
+        tt, q = tt.T, q.T
         # P'W = D^-1 T'(K U)   (A x A)
         PtW = np.matmul(T, V.transpose(0, 2, 1)) / tt[:, :, None]
         PtW[bad] = np.eye(A)
@@ -194,9 +214,11 @@ def _batched_kernel_pls(K, yw, kq, xx, n_components, n_features, lo, local_metho
         if local_method == "pls":
             pred, spread = preds[:, A - 1], np.zeros(nb)
         else:
-            KT = np.matmul(K, T.transpose(0, 2, 1))  # (B, k, A)
-            PtP = np.matmul(T, KT) / (tt[:, :, None] * tt[:, None, :])
-            pxz = np.einsum("bak,bk->ba", T, kq) / tt  # p_a . xz
+            # K t_a = (K yd_a - K yd_a+1) / q_a, since yd_a+1 = yd_a - q_a t_a
+            Z[A] = kernel_times(yd)
+            KT = ((Z[:-1] - Z[1:]) / q.T[:, :, None]).transpose(1, 0, 2)
+            PtP = np.matmul(T, KT.transpose(0, 2, 1)) / (tt[:, :, None] * tt[:, None, :])
+            pxz = np.matmul(T, kq[:, :, None])[:, :, 0] / tt  # p_a . xz
             resid2 = xx[:, None] - 2.0 * np.cumsum(tq * pxz, axis=1) + _cumulative_quadratic(tq, PtP)
             WtW = np.matmul(U, V.transpose(0, 2, 1))
             RtR = np.matmul(np.matmul(Minv.transpose(0, 2, 1), WtW), Minv)
@@ -510,7 +532,12 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         A = int(min(hi_req, k - 1, n_features))
         lo = min(self.min_components, A) if self.local_method == "wapls" else A
         out = np.empty((len(Xq), 5))
-        block = max(1, int(_BLOCK_BYTES // (8 * k * k)))
+        block = min(len(Xq), max(1, int(_BLOCK_BYTES // (8 * k * k))))
+        # reused work arrays: freshly allocated pages are costly to fault in, block after block
+        work = [np.empty((A + 1, block, k)) for _ in range(4)]
+        gather_idx = np.empty((block, k, k), dtype=np.intp)
+        gram_buf = np.empty((block, k, k))
+        G_flat = G.ravel()
         for s0 in range(0, len(Xq), block):
             sl = slice(s0, min(s0 + block, len(Xq)))
             nb = nb_all[sl]
@@ -528,7 +555,9 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             sw = np.sqrt(w * k)
             yw = (yn - ym[:, None]) * sw
             xq = Xq[sl] - mu
-            Gnn = G[nb[:, :, None], nb[:, None, :]]
+            m = len(nb)
+            idx = np.add((nb * n)[:, :, None], nb[:, None, :], out=gather_idx[:m])
+            Gnn = np.take(G_flat, idx, out=gram_buf[:m], mode="wrap")  # indices are valid: no checks
             gq = np.take_along_axis(xq @ Xr.T, nb, axis=1)
             xx0 = np.einsum("bi,bi->b", xq, xq)
             if predictors:
@@ -536,19 +565,16 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
                 Gnn += np.matmul(Dn, Dn.transpose(0, 2, 1))
                 gq += np.matmul(Dn, dn[:, :, None])[:, :, 0]
                 xx0 += np.einsum("bi,bi->b", dn, dn)
-            # local weighted centring: Xc = Xn - 1 xm', xm = w'Xn, done on the Gram matrix
+            # local weighted centring Xc = Xn - 1 xm' (xm = w'Xn) expressed on the Gram matrix
             Gw = np.matmul(Gnn, w[:, :, None])[:, :, 0]
             wGw = np.einsum("bi,bi->b", w, Gw)
             wg = np.einsum("bi,bi->b", w, gq)
-            K = Gnn
-            K -= Gw[:, :, None]
-            K -= Gw[:, None, :]
-            K += wGw[:, None, None]
-            K *= sw[:, :, None]
-            K *= sw[:, None, :]
+            trK = np.einsum("bi,bi->b", sw * sw, np.diagonal(Gnn, axis1=1, axis2=2) - 2.0 * Gw + wGw[:, None])
             kq = sw * (gq - Gw - (wg - wGw)[:, None])
             xx = xx0 - 2.0 * wg + wGw
-            pred, spread, bad = _batched_kernel_pls(K, yw, kq, xx, A, n_features, lo, self.local_method)
+            pred, spread, bad = _batched_kernel_pls(
+                Gnn, sw, w, Gw, trK, yw, kq, xx, A, n_features, lo, self.local_method, work
+            )
             out[sl, 0] = ym + pred
             out[sl, 1] = dn.mean(axis=1)
             out[sl, 2] = dn[:, 0]
