@@ -41,6 +41,15 @@ a plain NIPALS written here because scikit-learn's ``PLSRegression`` validates a
 every call and is several times slower for the hundreds of tiny local fits one prediction
 needs (the results agree to 1e-10, see the tests).
 
+Speed: ``predict`` runs all queries' local models together, in blocks, in the kernel form of
+NIPALS (:func:`_batched_kernel_pls`): the k x k Gram matrix of each neighbourhood is gathered
+from the reference Gram matrix (computed once per fitted model, not pickled), centred and
+weighted implicitly, and each PLS component costs one k x k product per query. It equals the
+per-query NIPALS (``_predict_rows_loop``, kept as reference) to about 1e-11 on NIR data and is
+about 4-5 times faster on one core. The per-query path remains for ``scale=True`` (local
+column scaling cannot be expressed on a shared Gram matrix), for reference sets above
+``_GRAM_MAX_BYTES`` (n ~ 5,700) and for queries whose local NIPALS stops early.
+
 References
 ----------
 Ramirez-Lopez, L., Behrens, T., Schmidt, K., Stevens, A., Dematte, J.A.M., Scholten, T.
