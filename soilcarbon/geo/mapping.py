@@ -25,7 +25,6 @@ import logging
 import multiprocessing
 import threading
 import time
-import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +48,7 @@ def load_covariate_model(uri: str):
 
     configure()
     try:
-        with warnings.catch_warnings():  # MLflow's advisory warning about type hints, not the user's concern
-            warnings.simplefilter("ignore")
-            warnings.showwarning = lambda *args, **kwargs: None  # mlflow re-enables UserWarning inside
-            loaded = mlflow.pyfunc.load_model(uri)
+        loaded = mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
         raise SoilCarbonError(
             f"model {uri!r} cannot be loaded ({' '.join(str(exc).split())[:160]}); see `soilcarbon models list`"

@@ -28,7 +28,9 @@ class SOCPyfunc(PythonModel):
     def __init__(self, model: SOCModel):
         self.model = model
 
-    def predict(self, context, model_input, params=None):
+    # The type hints also keep MLflow from printing its "add type hints" advice on import; the
+    # explicit signature logged with the model still governs input checks.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         level = (params or {}).get("level", self.model.level)
         return self.model.predict_frame(frame, level=float(level))

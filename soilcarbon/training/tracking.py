@@ -37,7 +37,6 @@ def quiet_mlflow() -> None:
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="mlflow")
-    warnings.filterwarnings("ignore", message=".*type hints.*")
 
 
 def configure():
