@@ -39,11 +39,12 @@ import numpy as np
 import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.models.layout import ID_COLUMN, FeatureLayout
+from soilcarbon.models.soc_model import OUTPUT_COLUMNS as MODEL_OUTPUTS
 from soilcarbon.spectral.spectra import (
     PARQUET_UNIT_KEY,
     PREFIX_UNITS,
     Spectra,
-    axis_columns,
     check_unit,
     convert_axis,
     format_axis_value,
@@ -51,8 +52,6 @@ from soilcarbon.spectral.spectra import (
     parse_spectral_header,
 )
 
-ID_COLUMN = "sample_id"
-MODEL_OUTPUTS = ["prediction", "lower", "upper", "level", "in_domain", "domain_score"]
 OUTPUT_COLUMNS = [ID_COLUMN, *MODEL_OUTPUTS, "model_uri"]
 #: Rows per chunk: large enough to amortize per-chunk costs, small enough that a chunk's working
 #: memory inside the model (~15x its 28 MB of NIR values) stays well under a gigabyte.
@@ -88,13 +87,14 @@ class ServedModel:
     fast_predict: object = None
 
     @property
-    def spectral_columns(self) -> list[str]:
-        return [] if self.axis is None else axis_columns(self.axis)
+    def layout(self) -> FeatureLayout:
+        """The model's input layout (axis, unit, covariates), as training recorded it."""
+        return FeatureLayout(self.axis, self.unit, list(self.covariates))
 
     @property
     def columns(self) -> list[str]:
         """The model's input columns after ``sample_id``, in order."""
-        return self.spectral_columns + list(self.covariates)
+        return self.layout.columns
 
     def describe(self) -> dict:
         return {
@@ -180,25 +180,6 @@ def resolve_model_uri(uri: str, client=None) -> tuple[str, str | None, str | Non
     return f"models:/{name}/{version}", name, version
 
 
-def _import_pyfunc_quietly():
-    """Import the pyfunc module without MLflow's "add type hints" advice on stderr.
-
-    MLflow emits it while the ``PythonModel`` subclass is defined, inside its own
-    ``catch_warnings(); simplefilter("once")``, so warning filters cannot silence it.
-    """
-    import sys
-    import warnings
-
-    if "soilcarbon.models.pyfunc" not in sys.modules:
-        shown = warnings.showwarning
-        warnings.showwarning = lambda *args, **kwargs: None
-        try:
-            import soilcarbon.models.pyfunc  # noqa: F401
-        finally:
-            warnings.showwarning = shown
-    return sys.modules["soilcarbon.models.pyfunc"]
-
-
 def load_model(uri: str) -> ServedModel:
     """Resolve ``uri`` and load the pyfunc model with its soilcarbon metadata."""
     from soilcarbon.training.tracking import configure
@@ -207,7 +188,7 @@ def load_model(uri: str) -> ServedModel:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    METADATA_KEY = _import_pyfunc_quietly().METADATA_KEY
+    from soilcarbon.models.pyfunc import METADATA_KEY
     resolved, name, version = resolve_model_uri(uri, client)
     try:
         loaded = mlflow.pyfunc.load_model(resolved)
