@@ -36,19 +36,11 @@ class TrainingSet:
 
 
 def _read_covariates(covariates: pd.DataFrame, id_col: str, reserved: set, source: str) -> list[str]:
+    """Names of the covariate columns (all but id and reserved ones), checked to be numeric."""
     names = [c for c in covariates.columns if c != id_col and c not in reserved]
-    for name in names:
-        column = covariates[name]
-        if not pd.api.types.is_numeric_dtype(column):
-            bad = pd.to_numeric(column, errors="coerce").isna() & column.notna()
-            if bad.any():
-                row = int(np.where(bad)[0][0])
-                raise SoilCarbonError(
-                    f"{source}: covariate column {name!r} is not numeric (sample {covariates[id_col].iloc[row]} has "
-                    f"{column.iloc[row]!r}); remove the column or fix the value"
-                )
     if not names:
         raise SoilCarbonError(f"{source}: no covariate columns besides {id_col!r}")
+    numeric_block(covariates[names], f"{source}: covariate", ids=covariates[id_col].to_numpy())
     return names
 
 
