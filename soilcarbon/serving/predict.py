@@ -137,8 +137,8 @@ def resolve_model_uri(uri: str, client=None) -> tuple[str, str | None, str | Non
     """``(concrete URI, registered name, version)`` for a model URI.
 
     ``models:/NAME@ALIAS`` and ``models:/NAME/latest`` become ``models:/NAME/VERSION``;
-    ``models:/NAME/VERSION`` is checked to exist. Other URIs (``runs:/``, paths) are returned
-    unchanged with no name or version.
+    ``models:/NAME/VERSION`` is checked to exist. Other URIs (``runs:/``, logged models
+    ``models:/m-<id>``, paths) are returned unchanged with no name or version.
     """
     from mlflow.exceptions import MlflowException
 
@@ -152,6 +152,8 @@ def resolve_model_uri(uri: str, client=None) -> tuple[str, str | None, str | Non
 
         client = configure()
     body = text[len("models:/"):].strip("/")
+    if body.startswith("m-") and "/" not in body and "@" not in body:
+        return text, None, None  # an MLflow 3 logged model (models:/<model_id>), not a registered name
     try:
         if "@" in body:
             name, alias = body.rsplit("@", 1)
