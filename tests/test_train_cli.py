@@ -96,6 +96,10 @@ def test_train_registers_a_model_with_honest_oof(tmp_path, run_cli, small_nirsoi
 
     code, out, err = run_cli("models", "promote", "nir-test", "1", "--alias", "champion", env=_env(tmp_path))
     assert code == 0, err
+    code, out, err = run_cli("models", "promote", "nir-test", "7", env=_env(tmp_path))
+    assert code == 2 and err.strip() == "error: model 'nir-test' has no version 7; see `soilcarbon models list`"
+    code, out, err = run_cli("models", "list", env=_env(tmp_path))
+    assert code == 0 and "nir-test" in out and "champion" in out and f"{rmse:.4g}" in out
     code, out, err = run_cli("models", "list", "--json", env=_env(tmp_path))
     rows = json.loads(out)
     assert rows[0]["name"] == "nir-test" and rows[0]["aliases"] == ["champion"]

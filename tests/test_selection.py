@@ -1,0 +1,105 @@
+"""Model selection: stacking when it beats the best single model, grouped and given folds,
+the non-nested mode, and the default model families (MBL, PLS, target transforms) end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from soilcarbon.errors import SoilCarbonError
+from soilcarbon.models.ensemble import WeightedEnsemble
+from soilcarbon.training.config import CandidateSpec, parse_config
+from soilcarbon.training.search import CandidateScore, select
+from soilcarbon.training.train import train
+from trained_model import FAST_CONFIG, covariate_table, nirsoil_spectra
+
+
+def _score(label, oof, y):
+    return CandidateScore(CandidateSpec("pls", {}, "none", None, label), oof, float(np.sqrt(np.mean((oof - y) ** 2))), 0.0)
+
+
+def test_stack_wins_only_when_it_beats_the_best_single_model():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=400)
+    labels = np.arange(400) % 5
+    # two families with independent errors: their average is clearly better than either
+    a, b = y + rng.normal(0, 0.5, 400), y + rng.normal(0, 0.5, 400)
+    config = parse_config({})
+    chosen = select([_score("a", a, y), _score("b", b, y)], y, labels, config)
+    assert sorted(m.label for m in chosen.members) == ["a", "b"]
+    assert chosen.weights.sum() == pytest.approx(1.0) and (chosen.weights > 0.3).all()
+    assert chosen.rmse < min(np.sqrt(np.mean((a - y) ** 2)), np.sqrt(np.mean((b - y) ** 2)))
+    # a useless second family: the best single model is kept
+    useless = rng.normal(size=400)
+    chosen = select([_score("a", a, y), _score("noise", useless, y)], y, labels, config)
+    assert [m.label for m in chosen.members] == ["a"]
+    # stacking switched off
+    chosen = select([_score("a", a, y), _score("b", b, y)], y, labels, parse_config({"ensemble": {"enabled": False}}))
+    assert len(chosen.members) == 1
+
+
+def test_weighted_ensemble_is_the_weighted_sum_of_its_refitted_members():
+    from sklearn.linear_model import LinearRegression
+    from sklearn.tree import DecisionTreeRegressor
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(100, 3))
+    y = X @ [1.0, -2.0, 0.5] + rng.normal(0, 0.1, 100)
+    ensemble = WeightedEnsemble([LinearRegression(), DecisionTreeRegressor(random_state=0)], [0.75, 0.25]).fit(X, y)
+    expected = 0.75 * LinearRegression().fit(X, y).predict(X) + 0.25 * DecisionTreeRegressor(random_state=0).fit(X, y).predict(X)
+    assert np.allclose(ensemble.predict(X), expected)
+
+
+def _cov_config(**cv):
+    return parse_config(dict(FAST_CONFIG, candidates=[{"model": "covariates", "grid": {"learner": ["linear"]}}],
+                             cv={"folds": 3, "inner_folds": 3, **cv}))
+
+
+def test_grouped_cv_keeps_groups_together_and_says_so():
+    table = covariate_table(90).assign(field=[f"F{i // 6}" for i in range(90)])
+    result = train(None, "soc", table, _cov_config(), group="field", n_jobs=1)
+    folds = result.oof.assign(field=table["field"].to_numpy()).groupby("field")["fold"].nunique()
+    assert (folds == 1).all()
+    assert result.cv_scheme == "grouped 3-fold by 'field'"
+    assert "field" not in result.model.layout.covariates  # a CV column is not a feature
+    with pytest.raises(SoilCarbonError, match="needs the group column"):
+        train(None, "soc", table.drop(columns=["field"]), _cov_config(scheme="group"), n_jobs=1)
+    with pytest.raises(SoilCarbonError, match="needs the fold column"):
+        train(None, "soc", table.drop(columns=["field"]), _cov_config(scheme="folds"), n_jobs=1)
+
+
+def test_given_folds_are_the_reported_folds():
+    table = covariate_table(60).assign(block=["north", "south", "east"] * 20)
+    result = train(None, "soc", table, _cov_config(), folds="block", n_jobs=1)
+    assert result.cv_scheme == "given folds from column 'block' (3 folds)"
+    assert len(result.fold_metrics) == 3
+
+
+def test_not_nested_mode_reports_the_selection_cv():
+    result = train(None, "soc", covariate_table(60), _cov_config(), nested=False, n_jobs=1)
+    assert result.cv_scheme == "3-fold model-selection CV (not nested)"
+    assert result.fold_metrics.empty
+    assert result.metrics["rmse"] == pytest.approx(result.selection.rmse)
+
+
+def test_default_families_and_transforms_on_real_spectra():
+    config = parse_config({
+        "target_transforms": ["none", "sqrt", "log"],
+        "candidates": [{"model": "mbl", "grid": {"k": [40]}},
+                       {"model": "pls", "label": "pls-snv", "grid": {"n_components": [8]},
+                        "preprocessing": [{"name": "savgol", "window_length": 11, "polyorder": 2, "deriv": 1},
+                                          {"name": "resample", "step": 10}, {"name": "snv"}]}],
+        "cv": {"folds": 3, "inner_folds": 3},
+    })
+    spectra = nirsoil_spectra()
+    with_target = spectra.ids[np.isfinite(spectra.target("Ciso"))]
+    spectra = spectra.select(np.random.default_rng(0).choice(with_target, 150, replace=False))
+    result = train(spectra, "Ciso", config=config, n_jobs=1)
+    names = set(result.selection.table()["candidate"])
+    assert {"mbl(k=40)|log", "pls-snv(n_components=8)|sqrt"} <= names  # all transforms were tried
+    y = spectra.target("Ciso")
+    assert result.metrics["rmse"] < 0.8 * y.std()
+    frame = spectra.to_frame().drop(columns=["Nt", "Ciso", "CEC"]).head(5)
+    predicted = result.model.predict_frame(frame)
+    assert (predicted["lower"] <= predicted["prediction"]).all() and (predicted["prediction"] <= predicted["upper"]).all()
