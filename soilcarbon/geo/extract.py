@@ -108,11 +108,13 @@ def band_names(paths: list[Path]) -> list[BandRef]:
 
 def parse_crs(text: str):
     """A rasterio CRS from ``EPSG:4326``, a WKT or PROJ string; error names the bad value."""
+    import rasterio
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
     try:
-        return CRS.from_user_input(text)
+        with rasterio.Env():  # routes PROJ's own "ERROR 1: crs not found" to logging instead of stderr
+            return CRS.from_user_input(text)
     except (CRSError, ValueError) as exc:
         raise SoilCarbonError(f"--crs {text!r} is not a coordinate reference system (e.g. EPSG:4326)") from exc
 
