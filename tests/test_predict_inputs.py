@@ -248,6 +248,8 @@ def test_predict_spectra_rejects_inputs_that_do_not_fit_the_model(nir, cov, nir_
     spectra = Spectra.from_frame(nir_head)
     good = pd.DataFrame({"ndvi": [0.5, 0.6], "elevation": [100.0, 200.0], "twi": [5.0, 6.0]},
                         index=pd.Index(["P1", "P2"], name="sample_id"))
+    with pytest.raises(SoilCarbonError, match="nothing to predict: send spectra and/or covariates"):
+        predict_spectra(nir, None, None)
     with pytest.raises(SoilCarbonError, match=f"the model {cov.uri} uses covariates only \\(ndvi, elevation, twi\\); "
                                               "send covariates"):
         predict_spectra(cov, spectra)

@@ -473,6 +473,8 @@ def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.
     Missing values or covariates are an error here (callers validate whole requests).
     """
     level = check_level(model.level if level is None else level)
+    if spectra is None and covariates is None:
+        raise SoilCarbonError("nothing to predict: send spectra and/or covariates")
     if model.axis is None and spectra is not None and covariates is None:
         raise SoilCarbonError(f"the model {model.uri} uses covariates only ({', '.join(model.covariates)}); "
                               "send covariates")
