@@ -265,7 +265,7 @@ def test_bad_parameters_give_one_line_errors(params, fragment):
         MemoryBasedLearner(**params).fit(X, y)
 
 
-# ----------------------------------------------------------------------------- batched path
+# ----------------------------------------------------------------------------- compiled path
 
 
 def _loop_reference(mbl, Xq):
@@ -278,8 +278,8 @@ def _loop_reference(mbl, Xq):
 @pytest.mark.parametrize("local_method", ["wapls", "pls"])
 @pytest.mark.parametrize("diss_usage", ["weights", "none", "predictors"])
 @pytest.mark.parametrize("diss_method", ["cor", "pca", "pls", "euclid"])
-def test_batched_prediction_equals_per_query_local_models(nirsoil, diss_method, diss_usage, local_method):
-    """The batched kernel-form local PLS gives the per-query NIPALS results, on real NIR
+def test_compiled_prediction_equals_per_query_local_models(nirsoil, diss_method, diss_usage, local_method):
+    """The compiled kernel-form local PLS gives the per-query NIPALS results, on real NIR
     spectra and on the synthetic two-cluster problem, for every option combination."""
     X, y = nirsoil
     rng = np.random.default_rng(1)
@@ -296,7 +296,7 @@ def test_batched_prediction_equals_per_query_local_models(nirsoil, diss_method, 
         np.testing.assert_allclose(mbl.predict(query), expected[:, 0], rtol=1e-8)
 
 
-def test_batched_default_model_equals_per_query_path_on_real_data(nirsoil):
+def test_compiled_default_model_equals_per_query_path_on_real_data(nirsoil):
     X, y = nirsoil
     mbl = MemoryBasedLearner().fit(X[:400], y[:400])
     expected = _loop_reference(mbl, X[400:460])
@@ -307,7 +307,7 @@ def test_batched_default_model_equals_per_query_path_on_real_data(nirsoil):
 
 def test_neighbourhoods_with_constant_response_fall_back_to_the_mean():
     """Where every neighbour has the same response NIPALS stops at zero components; the
-    batched path hands those queries to the per-query path, which predicts the constant."""
+    compiled path hands those queries to the per-query path, which predicts the constant."""
     X, y = two_cluster_problem(n=120, p=30)
     y = np.where(np.arange(120) % 2 == 0, 3.25, y)  # cluster A: constant response
     mbl = MemoryBasedLearner(k=20, diss_method="euclid", min_components=2, max_components=6).fit(X, y)

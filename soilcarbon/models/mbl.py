@@ -41,14 +41,14 @@ a plain NIPALS written here because scikit-learn's ``PLSRegression`` validates a
 every call and is several times slower for the hundreds of tiny local fits one prediction
 needs (the results agree to 1e-10, see the tests).
 
-Speed: ``predict`` runs all queries' local models together, in blocks, in the kernel form of
-NIPALS (:func:`_batched_kernel_pls`): the k x k Gram matrix of each neighbourhood is gathered
-from the reference Gram matrix (computed once per fitted model, not pickled), centred and
-weighted implicitly, and each PLS component costs one k x k product per query. It equals the
-per-query NIPALS (``_predict_rows_loop``, kept as reference) to about 1e-11 on NIR data and is
-about 4-5 times faster on one core. The per-query path remains for ``scale=True`` (local
-column scaling cannot be expressed on a shared Gram matrix), for reference sets above
-``_GRAM_MAX_BYTES`` (n ~ 5,700) and for queries whose local NIPALS stops early.
+Speed: ``predict`` fits every query's local model in the kernel form of NIPALS, compiled with
+numba (:mod:`soilcarbon.models.local_pls`): the k x k Gram matrix of each neighbourhood is
+gathered from the reference Gram matrix (computed once per fitted model, not pickled), centred
+and weighted there, and each PLS component costs one k x k product. It equals the per-query
+NIPALS (``_predict_rows_loop``, kept as reference) to about 1e-11 on NIR data. The per-query
+path remains for ``scale=True`` (local column scaling cannot be expressed on a shared Gram
+matrix), for reference sets above ``_GRAM_MAX_BYTES`` (n ~ 5,700) and for queries whose local
+NIPALS stops early.
 
 References
 ----------
@@ -77,11 +77,11 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.models.local_pls import local_pls_predict
 
 DISS_METHODS = ("cor", "pca", "pls", "euclid")
 DISS_USAGES = ("weights", "none", "predictors")
 LOCAL_METHODS = ("wapls", "pls")
-_BLOCK_BYTES = 8e6  # local k x k Gram matrices per block of queries (fits a shared L3 cache)
 _GRAM_MAX_BYTES = 256e6  # reference Gram matrix cached for the batched path up to n ~ 5,700
 
 
@@ -138,109 +138,6 @@ def _wapls_weights(x, B, R, P, lo, hi):
     rmsb = np.sqrt(np.mean(B[:, lo - 1 : hi] ** 2, axis=0))
     inv = 1.0 / np.maximum(resid * rmsb, 1e-300)
     return inv / inv.sum()
-
-
-def _cumulative_quadratic(c, M):
-    """``S[..., j] = c[..., :j+1] @ M[..., :j+1, :j+1] @ c[..., :j+1]`` for every ``j`` (batched)."""
-    Z = c[..., :, None] * M * c[..., None, :]
-    return np.diagonal(np.cumsum(np.cumsum(Z, axis=-1), axis=-2), axis1=-2, axis2=-1)
-
-
-def _batched_kernel_pls(G, sw, w, Gw, trK, yw, kq, xx, n_components, n_features, lo, local_method, work=None):
-    """Local PLS1 predictions for a batch of queries, computed from their k x k Gram matrices.
-
-    Exactly the algebra of :func:`pls1_nipals` + :func:`_wapls_weights`, rewritten in terms of
-    the weighted, centred local kernel ``K = Xw Xw'`` -- the kernel form of NIPALS PLS1
-    (Lindgren et al., 1993; Rannar et al., 1994). With ``Xd = Pi X`` the deflated matrix
-    (``Pi`` the projector orthogonal to the scores found so far) and ``yd = Pi y``:
-    ``w = Xw' yd / |Xw' yd|`` with ``|Xw' yd|^2 = yd' K yd``, and ``t = Pi K yd / |Xw' yd|``;
-    the loadings ``P = Xw' T D^-1`` (``D = diag(t't)``) and weights ``W = Xw' U`` are never
-    formed: ``P'W = D^-1 T'(K U)``, ``P'P = D^-1 T'K T D^-1``, ``W'W = U'(K U)``, and the
-    query enters only through ``kq = Xw xz`` and ``xx = |xz|^2``. ``K T`` follows from the
-    products ``K yd`` already made (``yd_a+1 = yd_a - q_a t_a``), hence one k x k
-    matrix-vector product per component (``K yd``) instead of five k x p ones in NIPALS.
-
-    ``K = S (I - 1w') G (I - w1') S`` (``S = diag(sw)``) is applied without being formed:
-    ``G`` (B, k, k) is the uncentred Gram matrix of the neighbours, ``Gw = G w`` and ``trK``
-    the trace of ``K``. ``yw`` (B, k) is the weighted centred response, ``n_features`` the
-    number of local predictors (for the root mean squares of ``_wapls_weights``). ``work``
-    optionally holds reusable (>= A + 1, >= B, k) arrays (fresh pages are costly to fault in).
-
-    Returns ``(pred, spread, bad)``, ``pred`` without the local response mean; ``bad`` flags
-    queries whose NIPALS stops early (fewer components) or that come out non-finite: the
-    caller recomputes those with the per-query reference path.
-    """
-    nb, k = yw.shape
-    A = n_components
-
-    def kernel_times(x):
-        xs = sw * x
-        xs -= w * xs.sum(axis=1, keepdims=True)
-        g = np.matmul(G, xs[:, :, None])[:, :, 0]
-        g -= np.einsum("bi,bi->b", Gw, xs)[:, None]
-        g *= sw
-        return g
-
-    tol = 1e-10 * np.maximum(np.sqrt(np.maximum(trK, 0.0)), 1e-300)
-    tol *= np.maximum(np.linalg.norm(yw, axis=1), 1e-300)
-    # work arrays component-major so that each component's slice is contiguous
-    if work is None:
-        work = [np.empty((A + 1, nb, k)) for _ in range(4)]
-    U, V, T = (M[:A, :nb] for M in work[:3])
-    Z = work[3][: A + 1, :nb]  # K yd_a
-    tt = np.empty((A, nb))
-    q = np.empty((A, nb))
-    bad = np.zeros(nb, dtype=bool)
-    yd = yw.copy()
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for a in range(A):
-            z = Z[a] = kernel_times(yd)
-            norm_w = np.sqrt(np.maximum(np.einsum("bi,bi->b", yd, z), 0.0))
-            bad |= ~(norm_w > tol)
-            inv_norm = (1.0 / norm_w)[:, None]
-            np.multiply(yd, inv_norm, out=U[a])
-            v = np.multiply(z, inv_norm, out=V[a])
-            t = T[a]
-            if a:
-                Ta = T[:a].transpose(1, 0, 2)  # (B, a, k)
-                c = np.matmul(Ta, v[:, :, None])[:, :, 0] / tt[:a].T
-                np.subtract(v, np.matmul(c[:, None, :], Ta)[:, 0, :], out=t)
-            else:
-                t[...] = v
-            tta = tt[a] = np.einsum("bi,bi->b", t, t)
-            bad |= ~(tta > 1e-300)
-            qa = q[a] = np.einsum("bi,bi->b", yd, t) / tta
-            yd -= qa[:, None] * t
-        U, V, T = (M.transpose(1, 0, 2) for M in (U, V, T))  # (B, A, k)
-        tt, q = tt.T, q.T
-        # P'W = D^-1 T'(K U)   (A x A)
-        PtW = np.matmul(T, V.transpose(0, 2, 1)) / tt[:, :, None]
-        PtW[bad] = np.eye(A)
-        Minv = np.linalg.inv(PtW)
-        # query scores t_q = xz R = (xz W) (P'W)^-1 = (kq' U) (P'W)^-1
-        tq = np.matmul(np.matmul(U, kq[:, :, None])[:, :, 0][:, None, :], Minv)[:, 0, :]
-        preds = np.cumsum(tq * q, axis=1)  # one per component count (without the mean)
-        if local_method == "pls":
-            pred, spread = preds[:, A - 1], np.zeros(nb)
-        else:
-            # K t_a = (K yd_a - K yd_a+1) / q_a, since yd_a+1 = yd_a - q_a t_a
-            Z[A] = kernel_times(yd)
-            KT = ((Z[:-1] - Z[1:]) / q.T[:, :, None]).transpose(1, 0, 2)
-            PtP = np.matmul(T, KT.transpose(0, 2, 1)) / (tt[:, :, None] * tt[:, None, :])
-            pxz = np.matmul(T, kq[:, :, None])[:, :, 0] / tt  # p_a . xz
-            resid2 = xx[:, None] - 2.0 * np.cumsum(tq * pxz, axis=1) + _cumulative_quadratic(tq, PtP)
-            WtW = np.matmul(U, V.transpose(0, 2, 1))
-            RtR = np.matmul(np.matmul(Minv.transpose(0, 2, 1), WtW), Minv)
-            b2 = _cumulative_quadratic(q, RtR)
-            resid = np.sqrt(np.maximum(resid2, 0.0) / n_features)[:, lo - 1 : A]
-            rmsb = np.sqrt(np.maximum(b2, 0.0) / n_features)[:, lo - 1 : A]
-            inv = 1.0 / np.maximum(resid * rmsb, 1e-300)
-            wts = inv / inv.sum(axis=1, keepdims=True)
-            sel = preds[:, lo - 1 : A]
-            pred = np.einsum("bj,bj->b", wts, sel)
-            spread = np.sqrt(np.einsum("bj,bj->b", wts, (sel - pred[:, None]) ** 2))
-        bad |= ~(np.isfinite(pred) & np.isfinite(spread))
-    return pred, spread, bad
 
 
 # --------------------------------------------------------------------------- estimator
@@ -526,72 +423,44 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         return state
 
     def _predict_rows(self, Xq, Eq, D, k):
-        """All queries' local models at once (see :func:`_batched_kernel_pls`), in blocks."""
+        """All queries' local models through the compiled kernel-form PLS
+        (:func:`soilcarbon.models.local_pls.local_pls_predict`)."""
         if self.scale:
             return self._predict_rows_loop(Xq, Eq, D, k)
-        nb_all = self._neighbours(D, k)
+        nb = self._neighbours(D, k)
         cache = self._gram_cache()
         if cache is None:
-            return self._predict_rows_loop(Xq, Eq, D, k, nb_all)
+            return self._predict_rows_loop(Xq, Eq, D, k, nb)
         mu, Xr, G, Dref = cache
-        n, p = self.X_.shape
+        p = self.X_.shape[1]
         predictors = self.diss_usage == "predictors"
         n_features = p + k if predictors else p
-        hi_req = max(min(self.max_components, k - 2), 1)
-        A = int(min(hi_req, k - 1, n_features))
+        A = int(min(max(min(self.max_components, k - 2), 1), k - 1, n_features))
         lo = min(self.min_components, A) if self.local_method == "wapls" else A
-        out = np.empty((len(Xq), 5))
-        block = min(len(Xq), max(1, int(_BLOCK_BYTES // (8 * k * k))))
-        # reused work arrays: freshly allocated pages are costly to fault in, block after block
-        work = [np.empty((A + 1, block, k)) for _ in range(4)]
-        gather_idx = np.empty((block, k, k), dtype=np.intp)
-        gram_buf = np.empty((block, k, k))
-        G_flat = G.ravel()
-        for s0 in range(0, len(Xq), block):
-            sl = slice(s0, min(s0 + block, len(Xq)))
-            nb = nb_all[sl]
-            dn = np.take_along_axis(D[sl], nb, axis=1)
-            yn = self.y_[nb]
-            if self.diss_usage == "weights":
-                dmax = dn.max(axis=1, keepdims=True)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    w = np.where(dmax > 0, (1.0 - (dn / dmax) ** 3) ** 3, 1.0)
-                w = np.maximum(w, 1e-6)
-                w /= w.sum(axis=1, keepdims=True)
-            else:
-                w = np.full(nb.shape, 1.0 / k)
-            ym = np.einsum("bi,bi->b", w, yn)
-            sw = np.sqrt(w * k)
-            yw = (yn - ym[:, None]) * sw
-            xq = Xq[sl] - mu
-            m = len(nb)
-            idx = np.add((nb * n)[:, :, None], nb[:, None, :], out=gather_idx[:m])
-            Gnn = np.take(G_flat, idx, out=gram_buf[:m], mode="wrap")  # indices are valid: no checks
-            gq = np.take_along_axis(xq @ Xr.T, nb, axis=1)
-            xx0 = np.einsum("bi,bi->b", xq, xq)
-            if predictors:
-                Dn = Dref[nb[:, :, None], nb[:, None, :]]
-                Gnn += np.matmul(Dn, Dn.transpose(0, 2, 1))
-                gq += np.matmul(Dn, dn[:, :, None])[:, :, 0]
-                xx0 += np.einsum("bi,bi->b", dn, dn)
-            # local weighted centring Xc = Xn - 1 xm' (xm = w'Xn) expressed on the Gram matrix
-            Gw = np.matmul(Gnn, w[:, :, None])[:, :, 0]
-            wGw = np.einsum("bi,bi->b", w, Gw)
-            wg = np.einsum("bi,bi->b", w, gq)
-            trK = np.einsum("bi,bi->b", sw * sw, np.diagonal(Gnn, axis1=1, axis2=2) - 2.0 * Gw + wGw[:, None])
-            kq = sw * (gq - Gw - (wg - wGw)[:, None])
-            xx = xx0 - 2.0 * wg + wGw
-            pred, spread, bad = _batched_kernel_pls(
-                Gnn, sw, w, Gw, trK, yw, kq, xx, A, n_features, lo, self.local_method, work
-            )
-            out[sl, 0] = ym + pred
-            out[sl, 1] = dn.mean(axis=1)
-            out[sl, 2] = dn[:, 0]
-            out[sl, 3] = spread
-            out[sl, 4] = yn.std(axis=1, ddof=1)
-            if bad.any():
-                rows = np.flatnonzero(bad) + s0
-                out[rows] = self._predict_rows_loop(Xq[rows], Eq[rows], D[rows], k, nb_all[rows])
+        dn = np.take_along_axis(D, nb, axis=1)
+        if self.diss_usage == "weights":
+            dmax = dn.max(axis=1, keepdims=True)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w = np.where(dmax > 0, (1.0 - (dn / dmax) ** 3) ** 3, 1.0)
+            w = np.maximum(w, 1e-6)
+            w /= w.sum(axis=1, keepdims=True)
+        else:
+            w = np.full(nb.shape, 1.0 / k)
+        xq = Xq - mu
+        by_index = np.argsort(nb, axis=1)  # the kernel then reads the rows of G in order
+        nb_sorted = np.take_along_axis(nb, by_index, axis=1)
+        gq = np.take_along_axis(xq @ Xr.T, nb_sorted, axis=1)
+        xx0 = np.einsum("bi,bi->b", xq, xq)
+        pred, spread, bad = local_pls_predict(
+            G, nb_sorted, np.take_along_axis(w, by_index, axis=1), self.y_, gq, xx0, A, n_features, lo,
+            self.local_method == "wapls", Dref if predictors else np.empty((0, 0)),
+            np.take_along_axis(dn, by_index, axis=1),
+        )
+        yn = self.y_[nb]
+        out = np.column_stack([pred, dn.mean(axis=1), dn[:, 0], spread, yn.std(axis=1, ddof=1)])
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            out[rows] = self._predict_rows_loop(Xq[rows], Eq[rows], D[rows], k, nb[rows])
         return out
 
     # ------------------------------------------------------------------ API
