@@ -180,6 +180,10 @@ def test_snv_on_real_spectra_has_zero_mean_unit_std(nirsoil):
     assert out.shape == (618, 700)
     np.testing.assert_allclose(out.mean(axis=1), 0.0, atol=1e-12)
     np.testing.assert_allclose(out.std(axis=1), 1.0, atol=1e-12)
+    from chemotools.scatter import StandardNormalVariate
+
+    reference = StandardNormalVariate().fit_transform(frame.to_numpy())
+    np.testing.assert_allclose(out, reference, rtol=1e-12, atol=1e-12)
 
 
 def test_trim_real_spectra_to_1200_2400_gives_601_points(nirsoil):

@@ -39,7 +39,7 @@ class PCADomain(BaseEstimator):
         n = int(min(np.searchsorted(cumulative, self.variance) + 1, len(cumulative)))
         self.pca_ = PCA(n_components=n).fit(Xs)
         self.n_components_ = n
-        t2, q = self._statistics(Xs)
+        t2, q, _ = self._statistics(Xs)
         self.t2_limit_ = float(np.quantile(t2, self.quantile)) or 1e-12
         self.q_limit_ = float(np.quantile(q, self.quantile)) or 1e-12
         return self
@@ -48,20 +48,24 @@ class PCADomain(BaseEstimator):
         scores = self.pca_.transform(Xs)
         t2 = np.sum(scores**2 / self.pca_.explained_variance_, axis=1)
         residual = Xs - self.pca_.inverse_transform(scores)
-        return t2, np.sum(residual**2, axis=1)
+        return t2, np.sum(residual**2, axis=1), scores
+
+    def assess(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, domain_score)`` from one projection: what :meth:`scores` and
+        :meth:`score_samples` return, for callers that need both."""
+        check_is_fitted(self, "pca_")
+        Xs = (check_array(X, dtype=float) - self.mean_) / self.std_
+        t2, q, scores = self._statistics(Xs)
+        standardized = scores / np.sqrt(self.pca_.explained_variance_)
+        return standardized, np.maximum(t2 / self.t2_limit_, q / self.q_limit_)
 
     def scores(self, X) -> np.ndarray:
         """Standardized PCA scores (t / sqrt(λ)), the coordinates the interval model uses."""
-        check_is_fitted(self, "pca_")
-        Xs = (check_array(X, dtype=float) - self.mean_) / self.std_
-        return self.pca_.transform(Xs) / np.sqrt(self.pca_.explained_variance_)
+        return self.assess(X)[0]
 
     def score_samples(self, X) -> np.ndarray:
         """Domain score per sample: max(T²/T²_lim, Q/Q_lim); above 1 means out of domain."""
-        check_is_fitted(self, "pca_")
-        Xs = (check_array(X, dtype=float) - self.mean_) / self.std_
-        t2, q = self._statistics(Xs)
-        return np.maximum(t2 / self.t2_limit_, q / self.q_limit_)
+        return self.assess(X)[1]
 
     def in_domain(self, X) -> np.ndarray:
         return self.score_samples(X) <= 1.0

@@ -29,12 +29,14 @@ class FeatureLayout:
         return 0 if self.axis is None else len(self.axis)
 
     @property
-    def spectral_index(self) -> np.ndarray:
-        return np.arange(self.n_spectral)
+    def spectral_index(self) -> slice:
+        """Columns of the spectra in the model matrix (a slice: selecting it makes no copy)."""
+        return slice(0, self.n_spectral)
 
     @property
-    def covariate_index(self) -> np.ndarray:
-        return np.arange(self.n_spectral, self.n_spectral + len(self.covariates))
+    def covariate_index(self) -> slice:
+        """Columns of the covariates in the model matrix."""
+        return slice(self.n_spectral, self.n_spectral + len(self.covariates))
 
     @property
     def spectral_columns(self) -> list[str]:

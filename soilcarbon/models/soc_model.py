@@ -52,9 +52,8 @@ class SOCModel:
             bound = getattr(self.calibrator, "lower_bound", None)
             if bound is not None:  # a concentration cannot be negative
                 prediction = np.maximum(prediction, bound)
-            features = self.domain_features.transform(Xo)
-            lower, upper = self.calibrator.interval(self.domain.scores(features), prediction, level)
-            score = self.domain.score_samples(features)
+            scores, score = self.domain.assess(self.domain_features.transform(Xo))
+            lower, upper = self.calibrator.interval(scores, prediction, level)
             out.loc[ok, "prediction"] = prediction
             out.loc[ok, "lower"] = lower
             out.loc[ok, "upper"] = upper
