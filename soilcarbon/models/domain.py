@@ -45,10 +45,12 @@ class PCADomain(BaseEstimator):
         return self
 
     def _statistics(self, Xs):
-        scores = self.pca_.transform(Xs)
-        t2 = np.sum(scores**2 / self.pca_.explained_variance_, axis=1)
-        residual = Xs - self.pca_.inverse_transform(scores)
-        return t2, np.sum(residual**2, axis=1), scores
+        """T², Q (squared norm of the reconstruction residual) and scores."""
+        centred = Xs - self.pca_.mean_
+        scores = centred @ self.pca_.components_.T
+        t2 = np.einsum("ij,ij->i", scores, scores / self.pca_.explained_variance_)
+        centred -= scores @ self.pca_.components_
+        return t2, np.einsum("ij,ij->i", centred, centred), scores
 
     def assess(self, X) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, domain_score)`` from one projection: what :meth:`scores` and

@@ -54,32 +54,39 @@ def _matvec(M, x, out):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def local_pls_predict(G, nb, w, y, gq, xx0, n_components, n_features, lo, wapls, Dref, dn):
-    """Local PLS1 prediction of each query from its neighbours.
+def local_pls_predict(G, D, nb, y, GQ, xx0, n_components, n_features, lo, wapls, tricube, Dref):
+    """Local PLS1 prediction of each query from its neighbours, with neighbourhood statistics.
 
     Parameters (m queries, k neighbours each, n reference samples)
     ----------
     G : (n, n) Gram matrix of the globally centred reference predictors.
-    nb : (m, k) neighbour indices; w : (m, k) neighbour weights summing to one.
+    D : (m, n) dissimilarities of the queries to the reference samples.
+    nb : (m, k) indices of each query's neighbours (any order).
     y : (n,) reference response.
-    gq : (m, k) products of each (globally centred) query with its neighbours.
+    GQ : (m, n) products of the (globally centred) queries with the reference samples.
     xx0 : (m,) squared norms of the globally centred queries.
     n_components : components of the local models; lo : smallest one averaged by wapls (1-based).
     n_features : number of local predictors (for the root mean squares of the wapls weights).
     wapls : weighted average over lo..n_components components (else the last one only).
-    Dref, dn : for ``diss_usage="predictors"``, the (n, n) reference dissimilarity matrix and the
-        (m, k) query-to-neighbour dissimilarities, appended to the local predictors; pass a
-        (0, 0) ``Dref`` otherwise.
+    tricube : weight the neighbours by ``(1 - (d / d_max)^3)^3`` (floored at 1e-6), else equally.
+    Dref : for ``diss_usage="predictors"``, the (n, n) reference dissimilarity matrix, whose
+        neighbourhood block (and the query's dissimilarities) become extra local predictors;
+        a (0, 0) array otherwise.
 
-    Returns ``(pred, spread, bad)``.
+    Returns ``(out, bad)``: ``out`` (m, 5) holds the prediction, the mean and the smallest
+    dissimilarity to the neighbours, the spread of the wapls component predictions and the
+    standard deviation of the neighbours' response; ``bad`` flags queries to recompute.
     """
     m, k = nb.shape
     A = n_components
-    pred = np.zeros(m)
-    spread = np.zeros(m)
+    out = np.zeros((m, 5))
     bad = np.zeros(m, dtype=np.bool_)
+    idx = np.empty(k, dtype=nb.dtype)
     K = np.empty((k, k))
     Dn = np.empty((k, k))
+    dn = np.empty(k)
+    w = np.empty(k)
+    gq = np.empty(k)
     Gw = np.empty(k)
     sw = np.empty(k)
     yd = np.empty(k)
@@ -88,47 +95,82 @@ def local_pls_predict(G, nb, w, y, gq, xx0, n_components, n_features, lo, wapls,
     V = np.empty((A, k))
     T = np.empty((A, k))
     Z = np.empty((A + 1, k))
+    KT = np.empty((A, k))
+    PtW = np.empty((A, A))
+    PtP = np.empty((A, A))
+    WtW = np.empty((A, A))
     tt = np.empty(A)
     q = np.empty(A)
     c = np.empty(A)
+    s_u = np.empty(A)
+    tq = np.empty(A)
+    pxz = np.empty(A)
     preds = np.empty(A)
     for i in range(m):
-        # local weighted centring, applied to the gathered Gram matrix
-        for a in range(k):  # neighbours sorted by index: rows of G are read in order
-            ra = nb[i, a]
+        # the neighbourhood, in index order (rows of G are then read in order)
+        idx[:] = np.sort(nb[i])
+        dmax = 0.0
+        dmin = np.inf
+        dsum = 0.0
+        for a in range(k):
+            d = D[i, idx[a]]
+            dn[a] = d
+            dmax = max(dmax, d)
+            dmin = min(dmin, d)
+            dsum += d
+            gq[a] = GQ[i, idx[a]]
+        wsum = 0.0
+        for a in range(k):
+            if tricube:
+                w[a] = max((1.0 - (dn[a] / dmax) ** 3) ** 3, 1e-6) if dmax > 0 else 1.0
+            else:
+                w[a] = 1.0
+            wsum += w[a]
+        ym = 0.0
+        for a in range(k):
+            w[a] /= wsum
+            ym += w[a] * y[idx[a]]
+        yvar = 0.0
+        ymean = 0.0
+        for a in range(k):
+            ymean += y[idx[a]]
+        ymean /= k
+        for a in range(k):
+            yvar += (y[idx[a]] - ymean) ** 2
+        out[i, 1] = dsum / k
+        out[i, 2] = dmin
+        out[i, 4] = np.sqrt(yvar / (k - 1))
+        # the neighbours' Gram matrix, centred and weighted locally
+        for a in range(k):
+            ra = idx[a]
             for b in range(k):
-                K[a, b] = G[ra, nb[i, b]]
+                K[a, b] = G[ra, idx[b]]
         xq2 = xx0[i]
         if Dref.shape[0] > 0:  # dissimilarities as extra predictors: K += Dn Dn', gq += Dn dn
             for a in range(k):
-                ra = nb[i, a]
+                ra = idx[a]
                 for b in range(k):
-                    Dn[a, b] = Dref[ra, nb[i, b]]
-            K += Dn @ Dn.T
-            gq_i = gq[i] + Dn @ dn[i]
-            xq2 += _dot(dn[i], dn[i])
-        else:
-            gq_i = gq[i]
+                    Dn[a, b] = Dref[ra, idx[b]]
+            for a in range(k):
+                for b in range(k):
+                    K[a, b] += _dot(Dn[a], Dn[b])
+                gq[a] += _dot(Dn[a], dn)
+            xq2 += _dot(dn, dn)
         wGw = 0.0
         wg = 0.0
-        ym = 0.0
         for a in range(k):
-            s = 0.0
-            for b in range(k):
-                s += K[a, b] * w[i, b]
-            Gw[a] = s
-            wGw += w[i, a] * s
-            wg += w[i, a] * gq_i[a]
-            ym += w[i, a] * y[nb[i, a]]
-            sw[a] = np.sqrt(w[i, a] * k)
+            Gw[a] = _dot(K[a], w)
+            wGw += w[a] * Gw[a]
+            wg += w[a] * gq[a]
+            sw[a] = np.sqrt(w[a] * k)
         trK = 0.0
         ynorm = 0.0
         for a in range(k):
             for b in range(k):
                 K[a, b] = sw[a] * sw[b] * (K[a, b] - Gw[a] - Gw[b] + wGw)
             trK += K[a, a]
-            kq[a] = sw[a] * (gq_i[a] - Gw[a] - (wg - wGw))
-            yd[a] = (y[nb[i, a]] - ym) * sw[a]
+            kq[a] = sw[a] * (gq[a] - Gw[a] - (wg - wGw))
+            yd[a] = (y[idx[a]] - ym) * sw[a]
             ynorm += yd[a] * yd[a]
         xx = xq2 - 2.0 * wg + wGw
         tol = 1e-10 * max(np.sqrt(max(trK, 0.0)), 1e-300) * max(np.sqrt(ynorm), 1e-300)
@@ -147,10 +189,10 @@ def local_pls_predict(G, nb, w, y, gq, xx0, n_components, n_features, lo, wapls,
             for b in range(a):
                 c[b] = _dot(T[b], V[a]) / tt[b]
             for r in range(k):
-                s = V[a, r]
+                t_r = V[a, r]
                 for b in range(a):
-                    s -= c[b] * T[b, r]
-                T[a, r] = s
+                    t_r -= c[b] * T[b, r]
+                T[a, r] = t_r
             tta = _dot(T[a], T[a])
             if not tta > 1e-300:
                 failed = True
@@ -162,29 +204,33 @@ def local_pls_predict(G, nb, w, y, gq, xx0, n_components, n_features, lo, wapls,
         if failed:
             bad[i] = True
             continue
-        PtW = T @ V.T
+        np.dot(T, V.T, PtW)
         for a in range(A):
             PtW[a] /= tt[a]
+            s_u[a] = _dot(U[a], kq)
         Minv = np.linalg.inv(PtW)
         # query scores t_q = (kq' U) (P'W)^-1; predictions for 1..A components (without the mean)
-        s_u = U @ kq
-        tq = s_u @ Minv
         acc = 0.0
-        for a in range(A):
-            acc += tq[a] * q[a]
-            preds[a] = acc
+        for b in range(A):
+            tb = 0.0
+            for a in range(A):
+                tb += s_u[a] * Minv[a, b]
+            tq[b] = tb
+            acc += tb * q[b]
+            preds[b] = acc
         if not wapls:
             p_i = preds[A - 1]
             s_i = 0.0
         else:
             _matvec(K, yd, Z[A])
-            KT = np.empty((A, k))
             for a in range(A):
                 for r in range(k):
                     KT[a, r] = (Z[a, r] - Z[a + 1, r]) / q[a]
-            PtP = T @ KT.T
-            pxz = T @ kq
-            RtR = Minv.T @ (U @ V.T) @ Minv
+            np.dot(T, KT.T, PtP)
+            np.dot(U, V.T, WtW)
+            for a in range(A):
+                pxz[a] = _dot(T[a], kq)
+            RtR = Minv.T @ WtW @ Minv
             wsum = 0.0
             cross = 0.0
             quad_r = 0.0
@@ -213,6 +259,6 @@ def local_pls_predict(G, nb, w, y, gq, xx0, n_components, n_features, lo, wapls,
         if not (np.isfinite(p_i) and np.isfinite(s_i)):
             bad[i] = True
             continue
-        pred[i] = ym + p_i
-        spread[i] = s_i
-    return pred, spread, bad
+        out[i, 0] = ym + p_i
+        out[i, 3] = s_i
+    return out, bad

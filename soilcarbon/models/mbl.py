@@ -381,10 +381,12 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         spread = float(np.sqrt(wts @ (sel - pred) ** 2))
         return float(pred), spread
 
-    def _neighbours(self, D, k):
-        idx = np.argpartition(D, k - 1, axis=1)[:, :k] if k < D.shape[1] else np.tile(np.arange(D.shape[1]), (len(D), 1))
-        order = np.take_along_axis(D, idx, axis=1).argsort(axis=1, kind="stable")
-        return np.take_along_axis(idx, order, axis=1)
+    @staticmethod
+    def _neighbours(D, k):
+        """Indices of each row's ``k`` smallest dissimilarities (in no particular order)."""
+        if k >= D.shape[1]:
+            return np.tile(np.arange(D.shape[1]), (len(D), 1))
+        return np.argpartition(D, k - 1, axis=1)[:, :k]
 
     def _predict_rows_loop(self, Xq, Eq, D, k, nb=None):
         """Reference path: one local model per query (kept for the equivalence tests and as the
@@ -397,7 +399,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             pred, spread = self._local_predict(
                 self.X_[j], self.y_[j], dn, Xq[i], dn, self.E_[j], Eq[i]
             )
-            out[i] = (pred, dn.mean(), dn[0], spread, self.y_[j].std(ddof=1))
+            out[i] = (pred, dn.mean(), dn.min(), spread, self.y_[j].std(ddof=1))
         return out
 
     def _gram_cache(self):
@@ -437,27 +439,11 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         n_features = p + k if predictors else p
         A = int(min(max(min(self.max_components, k - 2), 1), k - 1, n_features))
         lo = min(self.min_components, A) if self.local_method == "wapls" else A
-        dn = np.take_along_axis(D, nb, axis=1)
-        if self.diss_usage == "weights":
-            dmax = dn.max(axis=1, keepdims=True)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                w = np.where(dmax > 0, (1.0 - (dn / dmax) ** 3) ** 3, 1.0)
-            w = np.maximum(w, 1e-6)
-            w /= w.sum(axis=1, keepdims=True)
-        else:
-            w = np.full(nb.shape, 1.0 / k)
         xq = Xq - mu
-        by_index = np.argsort(nb, axis=1)  # the kernel then reads the rows of G in order
-        nb_sorted = np.take_along_axis(nb, by_index, axis=1)
-        gq = np.take_along_axis(xq @ Xr.T, nb_sorted, axis=1)
-        xx0 = np.einsum("bi,bi->b", xq, xq)
-        pred, spread, bad = local_pls_predict(
-            G, nb_sorted, np.take_along_axis(w, by_index, axis=1), self.y_, gq, xx0, A, n_features, lo,
-            self.local_method == "wapls", Dref if predictors else np.empty((0, 0)),
-            np.take_along_axis(dn, by_index, axis=1),
+        out, bad = local_pls_predict(
+            G, D, nb, self.y_, xq @ Xr.T, np.einsum("bi,bi->b", xq, xq), A, n_features, lo,
+            self.local_method == "wapls", self.diss_usage == "weights", Dref if predictors else np.empty((0, 0)),
         )
-        yn = self.y_[nb]
-        out = np.column_stack([pred, dn.mean(axis=1), dn[:, 0], spread, yn.std(axis=1, ddof=1)])
         if bad.any():
             rows = np.flatnonzero(bad)
             out[rows] = self._predict_rows_loop(Xq[rows], Eq[rows], D[rows], k, nb[rows])

@@ -44,10 +44,10 @@ from chemotools.physics import IntensityConversion
 from chemotools.scatter import MultiplicativeScatterCorrection
 from scipy.signal import savgol_filter
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
-from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.spectral.pipeline import SpectralPipeline
 from soilcarbon.spectral.spectra import axis_columns, format_axis_value
 
 __all__ = [
@@ -597,8 +597,9 @@ STEP_NAMES = {
 _AXIS_STEPS = {"trim", "resample", "detrend"}
 
 
-def build_preprocessing(steps: list[dict], axis) -> Pipeline:
-    """Build a Pipeline from a config list, giving axis-dependent steps the current axis.
+def build_preprocessing(steps: list[dict], axis) -> SpectralPipeline:
+    """Build a Pipeline (a :class:`SpectralPipeline`, whose output prediction can share) from a
+    config list, giving axis-dependent steps the current axis.
 
     Each step is a dict with ``name`` and the class parameters:
 
@@ -642,7 +643,7 @@ def build_preprocessing(steps: list[dict], axis) -> Pipeline:
             raise PreprocessingError(f"{where}: {exc}") from None
         counts[name] = counts.get(name, 0) + 1
         named.append((name if counts[name] == 1 else f"{name}_{counts[name]}", step))
-    return Pipeline(named or [("passthrough", "passthrough")])
+    return SpectralPipeline(named or [("passthrough", "passthrough")])
 
 
 def _make_step(name: str, params: dict, axis: np.ndarray | None):
