@@ -75,6 +75,7 @@ def fit_calibration(X: np.ndarray, y: np.ndarray, layout: FeatureLayout, config:
     calibrator = NormalizedConformal(
         n_neighbors=int(config.interval.get("neighbours", 30)),
         lower_bound=0.0 if np.all(y >= 0) else None,
+        n_bins=int(config.interval.get("n_bins", 1)),
     ).fit(domain.scores(features.transform(X)), y, selection.oof)
     model = SOCModel(layout, regressor, features, domain, calibrator, config.level, target,
                      info={"selected": selection.name, "inner_cv_rmse": selection.rmse})
