@@ -238,6 +238,71 @@ def test_samples_with_bad_values_are_reported_and_the_others_go_on(store, nir_ta
     assert report["sample_id"].tolist() == ["NIRsoil-11", "line 122", "NIRsoil-201", "NIRsoil-251"]
 
 
+@pytest.mark.parametrize("storage", ["float64", "float32 and int64", "one text column"])
+def test_parquet_with_bad_values_gives_the_table_of_mlflow_predict(store, nir_table, tmp_path, storage):
+    """Parquet spectra (read straight into a matrix unless a column holds text) predicted by the
+    model's matrix path give, row for row, the table MLflow's own ``PyFuncModel.predict`` gives for
+    the good rows, and empty outputs with the right reason for the others (a null cell, NaN,
+    infinity, no id, a blank id, a text value)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = load_model(NIR)
+    assert model.matrix_predict is not None  # the path under test, not the table one
+    spectral = [c for c in nir_table.columns if c[0].isdigit()]
+    table = nir_table.head(120)[["sample_id"] + spectral].reset_index(drop=True)
+    values = table[spectral].to_numpy().copy()
+    values[17, spectral.index("1700")] = np.inf
+    values[30, spectral.index("2000")] = np.nan  # NaN in a float column (not a null)
+    ids = table["sample_id"].tolist()
+    ids[44], ids[45], ids[50] = None, "  ", " NIRsoil-51 "
+    columns = {}
+    for j, name in enumerate(spectral):
+        column = pa.array(values[:, j], mask=np.arange(120) == 5 if name == "1500" else None)  # a null cell
+        if storage == "float32 and int64":
+            column = pa.array(np.round(values[:, j]).astype(np.int64)) if name == "1100" else column.cast(pa.float32())
+        columns[name] = column
+    if storage == "one text column":
+        text = [None if i == 5 else repr(float(v)) for i, v in enumerate(values[:, spectral.index("1500")])]
+        text[60] = "abc"
+        columns["1500"] = pa.array(text)
+    source = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"sample_id": pa.array(ids), **columns}), source, row_group_size=50)
+    out = tmp_path / "pred.parquet"
+    summary = predict_file(model, out, spectra=source, chunk_size=40, workers=2)
+
+    expected_problems = [("NIRsoil-6", "1 missing spectral value(s), first in column '1500'"),
+                         ("NIRsoil-18", "infinite value in column '1700'"),
+                         ("NIRsoil-31", "1 missing spectral value(s), first in column '2000'"),
+                         ("row 45", "no sample id"), ("row 46", "no sample id")]
+    bad = [5, 17, 30, 44, 45]
+    if storage == "one text column":
+        expected_problems.append(("NIRsoil-61", "non-numeric value 'abc' in column '1500'"))
+        bad.append(60)
+    assert summary.problems == expected_problems
+    good = [row for row in range(120) if row not in bad]
+    assert (summary.n_samples, summary.n_predicted) == (120, len(good))
+
+    written = pq.read_table(out)
+    assert written.column_names == OUTPUT_COLUMNS
+    assert written.column("sample_id").to_pylist() == [None if i is None or not i.strip() else i.strip() for i in ids]
+    result = written.to_pandas()
+    assert result.loc[bad, ["prediction", "lower", "upper", "domain_score"]].isna().all().all()
+    assert not result.loc[bad, "in_domain"].any()
+    assert (result["level"] == 0.9).all() and (result["model_uri"] == "models:/soc-nir/1").all()
+    # MLflow's pyfunc (schema enforcement, then SOCPyfunc.predict on a table) on the good rows as stored
+    stored = pd.read_parquet(source).iloc[good]
+    frame = stored[spectral].apply(pd.to_numeric).astype(float)
+    frame.insert(0, "sample_id", [i.strip() for i in stored["sample_id"]])
+    expected = mlflow.pyfunc.load_model(NIR).predict(frame.reset_index(drop=True), params={"level": 0.9})
+    got = result.loc[good].reset_index(drop=True)
+    assert got["sample_id"].tolist() == expected["sample_id"].tolist()
+    assert got["in_domain"].tolist() == expected["in_domain"].astype(bool).tolist()
+    for column in ("prediction", "lower", "upper", "level", "domain_score"):
+        np.testing.assert_allclose(got[column].to_numpy(), expected[column].to_numpy(float), rtol=1e-12, atol=0,
+                                   err_msg=column)
+
+
 # ------------------------------------------------------------------------------------------ whole-job failures
 def test_failure_in_a_later_chunk_leaves_no_partial_file(store, env, nir_table, tmp_path):
     source = tmp_path / "ragged.csv"

@@ -35,6 +35,16 @@ class SOCPyfunc(PythonModel):
         level = (params or {}).get("level", self.model.level)
         return self.model.predict_frame(frame, level=float(level))
 
+    def predict_matrix(self, X: np.ndarray, level: float | None = None) -> pd.DataFrame:
+        """What :meth:`predict` returns (without ``sample_id``) for a table whose columns after
+        ``sample_id`` are exactly the signature's, given as the matrix ``X`` in that order.
+
+        :meth:`predict` turns such a table into this matrix (``FeatureLayout.frame_to_matrix``);
+        batch prediction, which holds the matrix already, calls this directly instead of building
+        a table of 700 columns only to have it taken apart again.
+        """
+        return self.model.predict_matrix(X, level=float(self.model.level if level is None else level))
+
 
 def signature(model: SOCModel) -> ModelSignature:
     """Columns the model reads, its outputs and the ``level`` parameter."""

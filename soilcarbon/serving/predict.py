@@ -9,12 +9,16 @@
   clear error when the ranges do not allow it. ``pyfunc.predict`` only ever sees a table with the
   model's exact input columns.
 - Large CSV / Parquet tables are read in chunks (``pandas.read_csv(chunksize=)``,
-  ``pyarrow.parquet.ParquetFile.iter_batches``), predicted by a small thread pool (numpy releases the
-  GIL) with at most ``workers + 1`` chunks in flight, and written chunk by chunk, so memory does not
-  grow with the input. BLAS/OpenMP pools are limited to one thread per worker (``threadpoolctl``).
-  OPUS files and folders are read whole (one spectrum a file).
+  ``pyarrow.parquet.ParquetFile.iter_batches``; numeric Parquet spectra go straight from Arrow to a
+  float matrix, :func:`_batch_matrix`), predicted by a small thread pool (numpy releases the GIL)
+  while the calling thread reads the next chunk and writes the previous one, with at most
+  ``workers + 1`` chunks in flight, so memory does not grow with the input. BLAS/OpenMP pools are
+  limited to one thread per worker (``threadpoolctl``). OPUS files and folders are read whole (one
+  spectrum a file).
 - The model is called through MLflow's pyfunc wrapper; the per-call schema enforcement of
-  ``PyFuncModel.predict`` is replaced by one check at load time (see :func:`_verified_predict`).
+  ``PyFuncModel.predict`` is replaced by one check at load time (see :func:`_verified_predict`), and
+  a soilcarbon model is then given the matrix itself rather than a table of its columns
+  (:func:`_matrix_predict`). Any other model goes through ``PyFuncModel.predict``.
 - Per-sample problems (missing, non-numeric or infinite values, no id, no covariates row, an OPUS file
   that cannot be read) give that sample an empty prediction and a reason; the others go on.
   Anything that concerns the whole job (unreadable model or file, an axis that cannot be aligned,
@@ -85,6 +89,9 @@ class ServedModel:
     #: MLflow's pyfunc wrapper ``predict(frame, params)`` without the per-call schema enforcement,
     #: set only when the signature was verified to be exactly ``sample_id`` + :attr:`columns`.
     fast_predict: object = None
+    #: ``SOCPyfunc.predict_matrix(X, level)``: what ``fast_predict`` computes, from the matrix
+    #: itself instead of a table of its columns; set only with ``fast_predict`` (see :func:`_matrix_predict`).
+    matrix_predict: object = None
 
     @property
     def layout(self) -> FeatureLayout:
@@ -109,13 +116,15 @@ class ServedModel:
         """Outputs for model-ordered rows ``X`` (n, len(columns)); rows holding NaN get empty outputs."""
         level = check_level(self.level if level is None else level)
         X = np.asarray(X, dtype=float)
-        frame = pd.DataFrame(X, columns=self.columns, copy=False)
-        frame.insert(0, ID_COLUMN, pd.array([str(i) for i in ids], dtype="string"))
-        if self.fast_predict is not None:
-            result = self.fast_predict(frame, params={"level": level})
+        names = np.array([str(i) for i in ids], dtype=object)
+        if self.matrix_predict is not None:
+            result = self.matrix_predict(X, level)
         else:
-            result = self.pyfunc.predict(frame, params={"level": level})
-        out = pd.DataFrame({ID_COLUMN: frame[ID_COLUMN].to_numpy(dtype=object)})
+            frame = pd.DataFrame(X, columns=self.columns, copy=False)
+            frame.insert(0, ID_COLUMN, pd.array(names, dtype="string"))
+            predict = self.pyfunc.predict if self.fast_predict is None else self.fast_predict
+            result = predict(frame, params={"level": level})
+        out = pd.DataFrame({ID_COLUMN: names})
         for column in MODEL_OUTPUTS:
             out[column] = np.asarray(result[column])
         out["in_domain"] = out["in_domain"].astype(bool)
@@ -211,6 +220,8 @@ def load_model(uri: str) -> ServedModel:
         target_unit=str(meta.get("target_unit", "")), name=name, version=version,
     )
     served.fast_predict = _verified_predict(loaded, [ID_COLUMN] + served.columns)
+    if served.fast_predict is not None:
+        served.matrix_predict = _matrix_predict(loaded, served.columns)
     return served
 
 
@@ -233,6 +244,25 @@ def _verified_predict(loaded, columns: list[str]):
     if any(types.get(c) != "DataType.double" for c in columns[1:]) or types.get(ID_COLUMN) != "DataType.string":
         return None
     return impl.predict
+
+
+def _matrix_predict(loaded, columns: list[str]):
+    """``SOCPyfunc.predict_matrix`` of a loaded soilcarbon pyfunc whose model reads ``columns``, else None.
+
+    MLflow's wrapper hands our table to ``SOCPyfunc.predict``, which only turns it back into the
+    matrix it was built from (``FeatureLayout.frame_to_matrix``): for 5,000 NIR spectra, a
+    700-column frame, a copy of its values and a second conversion, per chunk. With the signature
+    verified (:func:`_verified_predict`), calling the model on the matrix gives the same outputs.
+    """
+    from soilcarbon.models.pyfunc import SOCPyfunc
+
+    try:
+        python_model = loaded.unwrap_python_model()
+    except Exception:  # not a PythonModel flavour (MLflow raises MlflowException)
+        return None
+    if not isinstance(python_model, SOCPyfunc) or python_model.model.layout.columns != columns:
+        return None
+    return python_model.predict_matrix
 
 
 # ============================================================================ input layout
@@ -385,6 +415,8 @@ def prepare_chunk(model: ServedModel, plan: InputPlan, frame: pd.DataFrame, star
     """Model matrix of one chunk (a table chunk, or ids + values already read), with per-row problems.
 
     ``start`` is the position of the chunk's first row in the whole input (for line numbers).
+    ``spectra_values`` (rows of ``frame`` or ``ids``, in ``plan.spectral_columns`` order) is never
+    modified; a copy is made only when some row has a problem.
     """
     n = len(frame) if ids is None else len(ids)
     reasons: dict[int, str] = {}
@@ -405,19 +437,8 @@ def prepare_chunk(model: ServedModel, plan: InputPlan, frame: pd.DataFrame, star
             for row, reason in bad.items():
                 reasons.setdefault(row, reason)
         else:
-            values = np.array(spectra_values, dtype=float)
-        infinite = np.isinf(values)
-        if infinite.any():
-            for row in np.where(infinite.any(axis=1))[0]:
-                column = plan.spectral_columns[int(np.argmax(infinite[row]))]
-                reasons.setdefault(int(row), f"infinite value in column {column!r}")
-            values[infinite] = np.nan
-        nan = np.isnan(values)
-        if nan.any():
-            for row in np.where(nan.any(axis=1))[0]:
-                first = plan.spectral_columns[int(np.argmax(nan[row]))]
-                reasons.setdefault(int(row), f"{int(nan[row].sum())} missing spectral value(s), first in column "
-                                             f"{first!r}")
+            values = np.asarray(spectra_values, dtype=float)
+        values = _flag_non_finite(values, plan.spectral_columns, reasons)
         if not plan.exact:
             spectra = Spectra(ids=np.arange(n).astype(str), axis=plan.axis, unit=plan.unit, values=values,
                               source=plan.source, allow_nan=True)
@@ -451,9 +472,36 @@ def prepare_chunk(model: ServedModel, plan: InputPlan, frame: pd.DataFrame, star
         problem_rows[row] = True
         problems.append((_row_name(ids, row, start, plan), reasons[row]))
     if problem_rows.any():
-        X = X.copy() if X.base is not None else X
+        X = X.copy() if X.base is not None or X is spectra_values else X
         X[problem_rows] = np.nan
     return Prepared(ids=ids, X=X, problems=problems, problem_rows=problem_rows)
+
+
+def _flag_non_finite(values: np.ndarray, columns: list[str], reasons: dict[int, str]) -> np.ndarray:
+    """Give rows holding infinite or missing spectral values a reason; infinite values become NaN
+    (in a copy: ``values`` is not modified).
+
+    The row sums find such rows in one pass without boolean matrices of the chunk's size (NaN and
+    infinity carry into a sum); only those rows are examined cell by cell, which also clears a
+    sum that overflowed from finite values.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        suspect = np.flatnonzero(~np.isfinite(values.sum(axis=1)))
+    if not len(suspect):
+        return values
+    block = values[suspect]
+    infinite, nan = np.isinf(block), np.isnan(block)
+    for k, row in enumerate(suspect.tolist()):
+        if infinite[k].any():
+            reasons.setdefault(row, f"infinite value in column {columns[int(np.argmax(infinite[k]))]!r}")
+        elif nan[k].any():
+            reasons.setdefault(row, f"{int(nan[k].sum())} missing spectral value(s), first in column "
+                                    f"{columns[int(np.argmax(nan[k]))]!r}")
+    if infinite.any():
+        block[infinite] = np.nan
+        values = values.copy()
+        values[suspect] = block
+    return values
 
 
 def predict_prepared(model: ServedModel, prepared: Prepared, level: float) -> pd.DataFrame:
@@ -533,6 +581,9 @@ def _csv_chunks(path: Path, plan: InputPlan, chunk_size: int, on_bytes: Callable
 
 
 def _parquet_chunks(pfile, path: Path, plan: InputPlan, chunk_size: int, columns: list[str]):
+    """``(start, frame, values)`` per record batch: ``values`` is the matrix of the spectral columns
+    (:func:`_batch_matrix`) and ``frame`` holds the other columns, or ``values`` is None and
+    ``frame`` holds every column."""
     start = 0
     batches = pfile.iter_batches(batch_size=chunk_size, columns=columns)
     while True:
@@ -543,10 +594,34 @@ def _parquet_chunks(pfile, path: Path, plan: InputPlan, chunk_size: int, columns
         except Exception as exc:  # pyarrow raises several types for damaged row groups
             raise SoilCarbonError(f"{path}: cannot read the Parquet data after row {start} "
                                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); write the file again") from exc
+        values = _batch_matrix(batch, plan.spectral_columns)
+        if values is not None:
+            spectral = set(plan.spectral_columns)
+            batch = batch.select([i for i, name in enumerate(batch.schema.names) if name not in spectral])
         frame = batch.to_pandas()
         frame.columns = [str(c) for c in frame.columns]
-        yield start, frame
+        yield start, frame, values
         start += len(frame)
+
+
+def _batch_matrix(batch, columns: list[str]) -> np.ndarray | None:
+    """The float matrix (rows x ``columns``) of a record batch, or None unless every one of
+    ``columns`` is an integer or float32/64 column (other types go through pandas, which names
+    non-numeric cells).
+
+    Arrow's ``RecordBatch.to_tensor`` (nulls become NaN; column-major, so the per-column buffers
+    are copied as they are) costs one copy of the values: about a fifth of ``to_pandas`` on 700
+    columns, which also makes a frame only to be converted to the same matrix.
+    """
+    import pyarrow as pa
+
+    names = batch.schema.names
+    if not columns or len(set(names)) != len(names):
+        return None
+    numeric = (pa.float64(), pa.float32())
+    if not all(t in numeric or pa.types.is_integer(t) for t in (batch.schema.field(c).type for c in columns)):
+        return None
+    return np.asarray(batch.select(columns).to_tensor(null_to_nan=True, row_major=False), dtype=float)
 
 
 def _open_parquet(path: Path):
@@ -709,13 +784,14 @@ class PredictionSummary:
             self.problems.extend(problems[:room])
 
 
-def _ordered_map(function, items: Iterator, workers: int) -> Iterator:
-    """``map`` over ``items`` with a thread pool, in order, with at most ``workers + 1`` items in flight."""
-    if workers <= 1:
-        for item in items:
-            yield function(item)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+def _ordered_map(function, items: Iterator, workers: int, initializer: Callable[[], None] | None = None) -> Iterator:
+    """``map`` over ``items`` with a thread pool, in order, with at most ``workers + 1`` items in flight.
+
+    The items are produced (read) in the calling thread while the workers compute, so even one
+    worker does not wait for the next chunk to be read (nor the previous one to be written).
+    """
+    workers = max(1, workers)
+    with ThreadPoolExecutor(max_workers=workers, initializer=initializer) as pool:
         pending = collections.deque()
         try:
             for item in items:
@@ -727,6 +803,15 @@ def _ordered_map(function, items: Iterator, workers: int) -> Iterator:
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _one_openmp_thread() -> None:
+    """Limit OpenMP to one thread in a pool thread: its thread count is a per-thread setting, so
+    the limit :func:`predict_file` sets in the calling thread does not reach the workers (BLAS
+    limits are process-wide and do)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="openmp")
 
 
 def default_workers() -> int:
@@ -795,7 +880,7 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
         source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)
         writer = _Writer(tmp, kind)
         try:
-            for prepared, result in _ordered_map(work, source.chunks(), workers):
+            for prepared, result in _ordered_map(work, source.chunks(), workers, _one_openmp_thread):
                 writer.write(result)
                 summary.n_samples += len(result)
                 summary.n_predicted += int((~prepared.problem_rows).sum())
@@ -855,8 +940,8 @@ def open_input(model: ServedModel, path: Path, id_col: str = ID_COLUMN, unit: st
         columns = [n for n in names if n in wanted]
 
         def generate_parquet(source):
-            for start, frame in _parquet_chunks(pfile, path, plan, chunk_size, columns):
-                yield start, frame, None, None
+            for start, frame, values in _parquet_chunks(pfile, path, plan, chunk_size, columns):
+                yield start, frame, None, values
 
         return InputSource(plan, generate_parquet, pfile.metadata.num_rows)
     # OPUS file or folder: read whole (one spectrum a file); unreadable files are per-sample problems
