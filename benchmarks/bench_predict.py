@@ -4,14 +4,16 @@ points from one Parquet file, against the baseline of only reading the same file
 - Data: ``--n`` spectra resampled (with replacement) from the real NIR spectra of
   ../shared/data/nirsoil, each with Gaussian noise of 0.1 % of its mean, unique ids, written with
   pyarrow in row groups of 10,000 (snappy).
-- Model: the deployed form of a typical calibration, fitted on the 548 nirsoil samples with Ciso:
-  the default preprocessing (Savitzky-Golay 1st derivative + SNV), PLS with 10 components, conformal
-  intervals and the PCA domain check, registered in a temporary MLflow SQLite store and loaded by
-  its URI like users do. ``--model URI`` benchmarks another registered model instead.
+- Models, both fitted on the 548 nirsoil samples with Ciso, registered in a temporary MLflow
+  SQLite store and loaded by their URI like users do (``--model URI`` adds a registered model):
+  ``pls``: a typical global calibration (Savitzky-Golay 1st derivative + SNV, PLS with 10
+  components); ``default``: what ``soilcarbon train`` builds with the shipped configuration (the
+  stack of memory-based learning, PLS-SNV and LightGBM; one local PLS model per spectrum). Both
+  carry conformal intervals and the PCA domain check.
 - Baseline ``read``: ``ParquetFile.iter_batches`` in chunks of ``--chunk-size`` rows, each turned into
   a pandas frame and a float matrix: the reading part of our pipeline, nothing else (best of 2).
-- ``model only``: the model's own ``predict_matrix`` on the same chunks, without reading, MLflow's
-  input checks or writing: the floor set by the algorithm.
+- ``model only``: the model's own ``predict_matrix`` on the same chunks on one thread, without
+  reading, MLflow's input checks or writing: the floor set by the algorithm.
 - ``ours``: the whole command path (read, align, MLflow pyfunc predict, write Parquet atomically),
   with 1 and with ``--workers`` threads, each run in its own process so that its peak resident
   memory (``VmHWM``) is its own; a run on the first tenth of the file shows that the peak does
@@ -20,6 +22,7 @@ points from one Parquet file, against the baseline of only reading the same file
 The ratio column is seconds / read seconds (best of 2 reads, one before and one after).
 
     .venv/bin/python benchmarks/bench_predict.py [--n 100000] [--chunk-size 5000] [--workers 2]
+        [--models pls,default] [--model URI]
 """
 
 from __future__ import annotations
@@ -39,22 +42,25 @@ NIRSOIL = REPO.parent / "shared" / "data" / "nirsoil" / "nirsoil_train.csv"
 sys.path.insert(0, str(REPO))
 
 
-def train_and_register(folder: Path) -> str:
-    """Fit the benchmark model (not nested: only the deployed model matters here) and register it."""
+def train_and_register(folder: Path, which: str = "pls") -> str:
+    """Fit a benchmark model (not nested: only the deployed model matters here) and register it."""
     from soilcarbon.spectral.readers import read_spectra
-    from soilcarbon.training.config import parse_config
+    from soilcarbon.training.config import load_config, parse_config
     from soilcarbon.training.tracking import log_training
     from soilcarbon.training.train import train
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-    config = parse_config({
-        "preprocessing": [{"name": "savgol", "window_length": 11, "polyorder": 2, "deriv": 1}, {"name": "snv"}],
-        "target_transforms": ["none"], "candidates": [{"model": "pls", "grid": {"n_components": [10]}}],
-        "ensemble": {"enabled": False}, "cv": {"folds": 5, "inner_folds": 3},
-    })
+    if which == "default":
+        config = load_config()
+    else:
+        config = parse_config({
+            "preprocessing": [{"name": "savgol", "window_length": 11, "polyorder": 2, "deriv": 1}, {"name": "snv"}],
+            "target_transforms": ["none"], "candidates": [{"model": "pls", "grid": {"n_components": [10]}}],
+            "ensemble": {"enabled": False}, "cv": {"folds": 5, "inner_folds": 3},
+        })
     spectra = read_spectra(NIRSOIL)
     result = train(spectra, "Ciso", config=config, nested=False, n_jobs=1)
-    return log_training(result, "bench-nir", {"spectra": str(NIRSOIL)}, "%")
+    return log_training(result, f"bench-{which}", {"spectra": str(NIRSOIL)}, "%")
 
 
 def write_spectra(path: Path, n: int, seed: int = 0) -> list[str]:
@@ -150,7 +156,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--chunk-size", type=int, default=5_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--model", default=None, help="a registered model URI (MLFLOW_TRACKING_URI) instead of training")
+    parser.add_argument("--models", default="pls,default", help="benchmark models to train: pls, default")
+    parser.add_argument("--model", default=None, help="also a registered model URI (in MLFLOW_TRACKING_URI)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -162,11 +169,9 @@ def main() -> None:
 
     from soilcarbon.serving.predict import load_model
 
+    given_store = os.environ.get("MLFLOW_TRACKING_URI")
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         folder = Path(tmp)
-        started = time.perf_counter()
-        uri = args.model or train_and_register(folder)
-        print(f"model {uri} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         source = folder / "spectra.parquet"
         started = time.perf_counter()
         write_spectra(source, args.n)
@@ -177,30 +182,42 @@ def main() -> None:
             for batch in pq.ParquetFile(source).iter_batches(batch_size=args.n // 10):
                 writer.write_batch(batch)
                 break
-        served = load_model(uri)
-        rows = []
+        models = []  # (label, uri, tracking store)
+        if args.model:
+            models.append((args.model, args.model, given_store))
+        for which in [m.strip() for m in args.models.split(",") if m.strip()]:
+            started = time.perf_counter()
+            uri = train_and_register(folder, which)
+            models.append((which, uri, os.environ["MLFLOW_TRACKING_URI"]))
+            print(f"model {which} ({uri}) trained in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         read_seconds = read_only(source, args.chunk_size)
-        rows.append(["read only (baseline)", read_seconds, None])
-        rows.append(["model only (predict_matrix)", model_only(served, source, args.chunk_size), None])
-        for workers in sorted({1, args.workers}):
-            result = run_child(uri, source, folder / f"pred-{workers}.parquet", args.chunk_size, workers)
-            assert result["n"] == args.n, result
-            rows.append([f"ours, {workers} worker{'s' if workers > 1 else ''} (read+predict+write)", result["seconds"],
-                         result["peak_mb"]])
-        tenth = run_child(uri, small, folder / "pred-small.parquet", args.chunk_size, args.workers)
-        rows[0][1] = read_seconds = min(read_seconds, read_only(source, args.chunk_size))
+        rows, tenths = [], {}
+        for label, uri, store in models:
+            if store:
+                os.environ["MLFLOW_TRACKING_URI"] = store
+            served = load_model(uri)
+            rows.append([label, "model only (predict_matrix, 1 thread)", model_only(served, source, args.chunk_size), None])
+            for workers in sorted({1, args.workers}):
+                result = run_child(uri, source, folder / f"pred-{workers}.parquet", args.chunk_size, workers)
+                assert result["n"] == args.n, result
+                rows.append([label, f"ours, {workers} worker{'s' if workers > 1 else ''} (read+predict+write)",
+                             result["seconds"], result["peak_mb"]])
+            tenths[label] = run_child(uri, small, folder / "pred-small.parquet", args.chunk_size, args.workers)
+        read_seconds = min(read_seconds, read_only(source, args.chunk_size))
 
     print(f"\nBatch prediction, {args.n:,} NIR spectra x 700 points from Parquet ({size / 1e6:.0f} MB), "
-          f"chunks of {args.chunk_size:,}, {os.cpu_count()} CPUs, model {uri}")
-    print(f"| {'step':<44} | {'seconds':>8} | {'spectra/s':>10} | {'x read':>7} | {'peak RSS MB':>11} |")
-    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 12}|{'-' * 9}|{'-' * 13}|")
-    for name, seconds, peak in rows:
+          f"chunks of {args.chunk_size:,}, {os.cpu_count()} CPUs")
+    print(f"| {'model':<8} | {'step':<40} | {'seconds':>8} | {'spectra/s':>10} | {'x read':>7} | {'peak RSS MB':>11} |")
+    print(f"|{'-' * 10}|{'-' * 42}|{'-' * 10}|{'-' * 12}|{'-' * 9}|{'-' * 13}|")
+    for label, name, seconds, peak in [["", "read only (baseline)", read_seconds, None]] + rows:
         memory = f"{peak:11,.0f}" if peak else f"{'':11}"
-        print(f"| {name:<44} | {seconds:8.2f} | {args.n / seconds:10,.0f} | {seconds / read_seconds:7.1f} | {memory} |")
-    print(f"memory: the same command on the first {args.n // 10:,} spectra peaks at {tenth['peak_mb']:,.0f} MB "
-          f"(before predicting: {tenth['before_mb']:,.0f} MB); the {args.n:,} spectra alone are "
-          f"{args.n * 700 * 8 / 1e6:,.0f} MB as float64")
-    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(f"| {label:<8} | {name:<40} | {seconds:8.2f} | {args.n / seconds:10,.0f} | {seconds / read_seconds:7.1f} "
+              f"| {memory} |")
+    for label, tenth in tenths.items():
+        print(f"memory ({label}): the same command on the first {args.n // 10:,} spectra peaks at "
+              f"{tenth['peak_mb']:,.0f} MB (before predicting: {tenth['before_mb']:,.0f} MB)")
+    print(f"the {args.n:,} spectra alone are {args.n * 700 * 8 / 1e6:,.0f} MB as float64; "
+          f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
