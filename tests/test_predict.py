@@ -169,6 +169,30 @@ def test_opus_folder_with_a_damaged_file(store, tmp_path, capsys):
     assert_matches(result, model.predict(frame).set_index("sample_id"))
 
 
+def test_a_spectrum_the_model_cannot_scale_is_reported_and_the_others_go_on(store, tmp_path, capsys):
+    """The MIR model starts with SNV, which cannot scale a flat spectrum (a dead detector): that
+    sample is reported with SNV's reason and the block it was in is still predicted."""
+    from soilcarbon.spectral.readers import read_spectra
+
+    frame = read_spectra(OPUS_DIR).to_frame(include_meta=False)
+    frame.iloc[2, 1:] = 0.5
+    source = tmp_path / "mir-flat.csv"
+    frame.to_csv(source, index=False)
+    out = tmp_path / "mir-flat-pred.csv"
+    code, stdout, stderr = cli(capsys, "predict", "--model", store["mir"], "--spectra", source, "--output", out)
+    assert code == 0, stderr
+    flat = frame.iloc[2, 0]
+    assert (f"warning: sample {flat} not predicted: not predictable: SNV: the spectrum is flat (standard deviation 0); "
+            "remove flat spectra before SNV") in stderr
+    assert f"{len(frame)} samples, {len(frame) - 1} predicted, 1 not predicted" in stdout
+    result = pd.read_csv(out).set_index("sample_id")
+    assert result["prediction"].isna().tolist() == [i == flat for i in frame["sample_id"]]
+    model = mlflow.pyfunc.load_model(store["mir"])
+    good = frame.drop(index=2)
+    good.columns = ["sample_id"] + model.metadata.get_input_schema().input_names()[1:]
+    assert_matches(result.drop(index=flat).reset_index(), model.predict(good).set_index("sample_id"))
+
+
 def test_runs_uri_is_kept_as_given(store, nir_table, reference, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -215,6 +239,9 @@ def test_samples_with_bad_values_are_reported_and_the_others_go_on(store, nir_ta
     table.loc[250, "2000"] = "abc"  # NIRsoil-251, in the third chunk: not a number
     table.loc[200, "1700"] = "inf"  # NIRsoil-201: infinite
     table.loc[120, "sample_id"] = None  # line 122 of the file: no id
+    spectral = [c for c in table.columns if c[0].isdigit()]
+    table.loc[30, spectral] = 0.25  # NIRsoil-31: a flat spectrum (a dead detector): predicted, out of domain
+    table.loc[150, spectral[:350]] = 1e300  # NIRsoil-151: finite, but beyond what float64 arithmetic can take
     source = tmp_path / "bad.csv"
     table.to_csv(source, index=False)
     out, problems = tmp_path / "bad-pred.csv", tmp_path / "problems.csv"
@@ -225,17 +252,21 @@ def test_samples_with_bad_values_are_reported_and_the_others_go_on(store, nir_ta
     assert "warning: sample NIRsoil-251 not predicted: non-numeric value 'abc' in column '2000'" in stderr
     assert "warning: sample NIRsoil-201 not predicted: infinite value in column '1700'" in stderr
     assert "warning: sample line 122 not predicted: no sample id" in stderr
-    assert "300 samples, 296 predicted, 4 not predicted" in stdout
+    assert ("warning: sample NIRsoil-151 not predicted: not predictable: values up to 1e+300 are beyond what the "
+            "model can process (|x| <= 1e+150)") in stderr
+    assert "NIRsoil-31" not in stderr
+    assert "300 samples, 295 predicted, 5 not predicted" in stdout
     result = pd.read_csv(out, dtype={"sample_id": str})
     assert len(result) == 300
-    bad_rows = [10, 120, 200, 250]
+    assert not result.loc[30, "in_domain"] and result.loc[30, "domain_score"] > 10
+    bad_rows = [10, 120, 150, 200, 250]
     assert result.loc[bad_rows, "prediction"].isna().all()
     assert not result.loc[bad_rows, "in_domain"].any()
     assert pd.isna(result.loc[120, "sample_id"])
-    good = result.drop(index=bad_rows)
+    good = result.drop(index=bad_rows + [30])
     assert_matches(good, reference)
     report = pd.read_csv(problems)
-    assert report["sample_id"].tolist() == ["NIRsoil-11", "line 122", "NIRsoil-201", "NIRsoil-251"]
+    assert report["sample_id"].tolist() == ["NIRsoil-11", "line 122", "NIRsoil-151", "NIRsoil-201", "NIRsoil-251"]
 
 
 @pytest.mark.parametrize("storage", ["float64", "float32 and int64", "one text column"])

@@ -226,6 +226,8 @@ BAD_JSON = {
     "extra field": (lambda b: b.update(spectra=[1, 2]), 422, ["spectra: Extra inputs are not permitted"]),
     "values not a list": (lambda b: b["samples"][0].update(values="abc"), 422, ["samples.0.values"]),
     "value not a number": (lambda b: b["samples"][0]["values"].__setitem__(3, "x"), 422, ["samples.0.values.3"]),
+    "values beyond float64 arithmetic": (lambda b: b["samples"][1].update(values=[1e200] * len(b["axis"])), 422,
+                                         ["sample NIRsoil-2: the model cannot predict it: values up to 1e+200"]),
     "covariates for unknown ids": (lambda b: b.update(covariates={"nobody": {"ndvi": 0.3}}), 422,
                                    ["covariates given for unknown sample id(s) nobody"]),
 }

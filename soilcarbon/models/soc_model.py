@@ -2,7 +2,9 @@
 
 ``predict`` returns, per sample, the prediction, the interval bounds at the requested level,
 the level, ``in_domain`` and ``domain_score``. Rows with missing values get empty outputs and
-do not stop the other rows.
+do not stop the other rows; so do rows the model cannot process (values beyond ``MAX_ABS_VALUE``,
+a flat spectrum before SNV), whose reasons are in ``result.attrs["failures"]`` (row position ->
+message).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN, FeatureLayout
 from soilcarbon.spectral.pipeline import shared_preprocessing
 
@@ -19,6 +22,9 @@ OUTPUT_COLUMNS = ["prediction", "lower", "upper", "level", "in_domain", "domain_
 #: Rows predicted together: large enough to amortize per-call costs, small enough that the
 #: temporaries of every step stay in the processor's cache (measured best at 1,000-2,000 for NIR).
 BLOCK_ROWS = 1000
+#: Largest magnitude of an input value: beyond it squares overflow float64 (SNV, distances) and a
+#: prediction would be meaningless; such rows are reported, not predicted.
+MAX_ABS_VALUE = 1e150
 
 
 @dataclass
@@ -42,14 +48,26 @@ class SOCModel:
         level = self.level if level is None else float(level)
         X = np.asarray(X, dtype=float)
         values = np.full((len(X), 4), np.nan)  # prediction, lower, upper, domain score
-        ok = np.isfinite(X).all(axis=1)
-        finite = X if ok.all() else X[ok]
-        results = np.empty((len(finite), 4))
-        for start in range(0, len(finite), BLOCK_ROWS):
-            block = slice(start, start + BLOCK_ROWS)
-            results[block] = np.column_stack(self._predict_block(finite[block], level))
-        values[ok] = results
-        return pd.DataFrame({
+        peak = np.abs(X).max(axis=1, initial=0.0)  # NaN where a value is missing
+        ok = peak <= MAX_ABS_VALUE
+        failures = {int(row): f"values up to {peak[row]:.3g} are beyond what the model can process "
+                              f"(|x| <= {MAX_ABS_VALUE:.0e})" for row in np.flatnonzero(peak > MAX_ABS_VALUE)}
+        rows = np.flatnonzero(ok)
+        for start in range(0, len(rows), BLOCK_ROWS):
+            block = rows[start:start + BLOCK_ROWS]
+            try:
+                values[block] = np.column_stack(self._predict_block(X[block], level))
+            except (SoilCarbonError, ValueError):  # a sample the model cannot take: find it, predict the others
+                for row in block:
+                    try:
+                        values[row] = np.column_stack(self._predict_block(X[row:row + 1], level))[0]
+                    except (SoilCarbonError, ValueError) as exc:
+                        failures[int(row)] = _single_row(str(exc))
+        bad = ok & ~np.isfinite(values[:, 0])
+        for row in np.flatnonzero(bad):
+            failures.setdefault(int(row), "the model gave no finite prediction (extreme values?)")
+        values[bad] = np.nan
+        result = pd.DataFrame({
             "prediction": values[:, 0],
             "lower": values[:, 1],
             "upper": values[:, 2],
@@ -57,6 +75,8 @@ class SOCModel:
             "in_domain": values[:, 3] <= 1.0,
             "domain_score": values[:, 3],
         })
+        result.attrs["failures"] = failures
+        return result
 
     def _predict_block(self, X: np.ndarray, level: float):
         """Prediction, bounds and domain score of finite rows; the preprocessing the regressor's
@@ -76,3 +96,8 @@ class SOCModel:
         if ID_COLUMN in frame.columns:
             result.insert(0, ID_COLUMN, frame[ID_COLUMN].astype(str).to_numpy())
         return result
+
+
+def _single_row(message: str) -> str:
+    """A preprocessing message about a one-row batch, without its "row 0"."""
+    return message.replace(" in row 0", "").replace(" (row 0)", "")

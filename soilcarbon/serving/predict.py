@@ -129,6 +129,7 @@ class ServedModel:
             out[column] = np.asarray(result[column])
         out["in_domain"] = out["in_domain"].astype(bool)
         out["model_uri"] = self.uri
+        out.attrs["failures"] = dict(getattr(result, "attrs", {}).get("failures", {}))
         return out
 
 
@@ -505,8 +506,14 @@ def _flag_non_finite(values: np.ndarray, columns: list[str], reasons: dict[int, 
 
 
 def predict_prepared(model: ServedModel, prepared: Prepared, level: float) -> pd.DataFrame:
+    """Outputs of a prepared chunk; samples the model could not predict join its problems."""
     ids = ["" if i is None else i for i in prepared.ids]
     out = model.predict_matrix(ids, prepared.X, level)
+    failed = np.flatnonzero(out["prediction"].isna().to_numpy() & ~prepared.problem_rows)
+    for row in failed:
+        reason = out.attrs["failures"].get(int(row), "the model gave no prediction")
+        prepared.problems.append((ids[row], f"not predictable: {reason}"))  # rows without id failed before
+        prepared.problem_rows[row] = True
     if any(i is None for i in prepared.ids):
         out[ID_COLUMN] = pd.array(list(prepared.ids), dtype="string")
     return out
@@ -552,7 +559,11 @@ def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.
             raise SoilCarbonError(f"sample {ids[row]}: covariate {column!r} is missing or infinite")
         blocks.append(values)
     X = np.hstack(blocks) if len(blocks) > 1 else blocks[0]
-    return model.predict_matrix(ids, X, level)
+    out = model.predict_matrix(ids, X, level)
+    if out.attrs["failures"]:
+        row, reason = min(out.attrs["failures"].items())
+        raise SoilCarbonError(f"sample {ids[row]}: the model cannot predict it: {reason}")
+    return out
 
 
 # ============================================================================ readers
