@@ -112,6 +112,14 @@ class ServedModel:
             "covariates": list(self.covariates), "level": self.level,
         }
 
+    def warm_up(self) -> None:
+        """Predict the model's logged input example once, so that loading compiled kernels and
+        first-call caches happens at load time and not in the first request."""
+        example = getattr(self.pyfunc, "input_example", None)
+        if isinstance(example, pd.DataFrame) and set(self.columns) <= set(example.columns):
+            self.predict_matrix(example.get(ID_COLUMN, pd.Series(range(len(example)))).astype(str),
+                                example[self.columns].to_numpy(dtype=float))
+
     def predict_matrix(self, ids, X: np.ndarray, level: float | None = None) -> pd.DataFrame:
         """Outputs for model-ordered rows ``X`` (n, len(columns)); rows holding NaN get empty outputs."""
         level = check_level(self.level if level is None else level)
@@ -223,6 +231,7 @@ def load_model(uri: str) -> ServedModel:
     served.fast_predict = _verified_predict(loaded, [ID_COLUMN] + served.columns)
     if served.fast_predict is not None:
         served.matrix_predict = _matrix_predict(loaded, served.columns)
+    served.warm_up()
     return served
 
 
