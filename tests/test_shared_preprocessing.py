@@ -49,6 +49,21 @@ def test_equal_pipelines_share_one_read_only_output(spectra):
     assert outside is not a and outside.flags.writeable
 
 
+def test_a_refitted_or_changed_pipeline_is_not_confused_with_its_old_self(spectra):
+    X = spectra.values
+    pipe, twin = _fitted(STEPS, spectra), _fitted(STEPS, spectra)
+    with shared_preprocessing():
+        before = twin.transform(X)
+        assert pipe.transform(X) is before
+    pipe.set_params(savgol__window_length=21).fit(X)
+    with shared_preprocessing():
+        twin.transform(X)
+        after = pipe.transform(X)
+    np.testing.assert_array_equal(after, build_preprocessing(
+        [{**STEPS[0], "window_length": 21}, STEPS[1]], spectra.axis).fit(X).transform(X))
+    assert not np.allclose(after, before)
+
+
 def test_rows_or_other_slices_of_an_array_are_not_confused(spectra):
     X = spectra.values
     pipe = _fitted(STEPS, spectra)

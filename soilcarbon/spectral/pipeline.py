@@ -50,7 +50,26 @@ def _fingerprint(pipeline: Pipeline) -> str:
 
 class SpectralPipeline(Pipeline):
     """A scikit-learn :class:`~sklearn.pipeline.Pipeline` of spectral preprocessing steps whose
-    ``transform`` output is shared inside :func:`shared_preprocessing`."""
+    ``transform`` output is shared inside :func:`shared_preprocessing`.
+
+    The fingerprint is taken at the first shared call and dropped by ``fit``, ``fit_transform``
+    and ``set_params``; changing a step's attributes by hand afterwards is not supported."""
+
+    def _forget(self) -> None:
+        with _lock:
+            _fingerprints.pop(self, None)
+
+    def fit(self, X, y=None, **params):
+        self._forget()
+        return super().fit(X, y, **params)
+
+    def fit_transform(self, X, y=None, **params):
+        self._forget()
+        return super().fit_transform(X, y, **params)
+
+    def set_params(self, **params):
+        self._forget()
+        return super().set_params(**params)
 
     def transform(self, X, **params):
         cache = getattr(_local, "cache", None)
