@@ -281,11 +281,18 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
 
     @staticmethod
     def _pairwise(A, B, method):
-        if method == "cor":
-            r = np.clip(A @ B.T, -1.0, 1.0)
-            return np.sqrt(np.maximum(0.5 * (1.0 - r), 0.0))
-        d2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * (A @ B.T)
-        return np.sqrt(np.maximum(d2, 0.0))
+        if method == "cor":  # sqrt((1 - r) / 2), in place on the product (no temporaries)
+            d = A @ B.T
+            np.clip(d, -1.0, 1.0, out=d)
+            d *= -0.5
+            d += 0.5
+            return np.sqrt(d, out=d)
+        d2 = A @ B.T
+        d2 *= -2.0
+        d2 += (A * A).sum(1)[:, None]
+        d2 += (B * B).sum(1)[None, :]
+        np.maximum(d2, 0.0, out=d2)
+        return np.sqrt(d2, out=d2)
 
     def _fit_projection(self, X, y):
         self.diss_center_ = X.mean(axis=0) if self.center_diss else np.zeros(X.shape[1])
