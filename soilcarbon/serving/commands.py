@@ -24,7 +24,7 @@ def predict_command(
     level: Optional[float] = typer.Option(None, "--level", help="Prediction interval level, e.g. 0.9 (default: the model's)."),
     engine: str = typer.Option("local", "--engine", help="local (streaming, one machine) or spark (Parquet input)."),
     chunk_size: int = typer.Option(5_000, "--chunk-size", help="Rows per chunk (memory is bounded by a few chunks)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Threads predicting chunks (default: up to 2)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Threads predicting chunks (default: the number of CPUs, at most 4)."),
     problems: Optional[Path] = typer.Option(None, "--problems", help="Write samples that were not predicted, with the reason (CSV)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ):
