@@ -351,6 +351,33 @@ def test_non_positive_reflectance_names_row_and_column(nirsoil):
         ReflectanceToAbsorbance().fit(np.array([[0.5, 0.4, 0.3], [0.2, 0.1, -0.5]]))
 
 
+def test_errors_about_single_spectra_also_say_it_without_the_row(nirsoil):
+    """``sample_reason`` is what a per-sample report shows: the fault without its batch row."""
+    frame, _, _ = nirsoil
+    X = frame.to_numpy()[:5].copy()
+    flat, nan = X.copy(), X.copy()
+    flat[3] = 0.5
+    nan[2, 7] = np.nan
+    reflectance = 10.0 ** -frame.iloc[:5]
+    reflectance.iloc[4, 10] = -0.25
+    cases = [
+        (lambda: SNV().fit(X).transform(flat), "SNV: the spectrum in row 3 is flat",
+         "SNV: the spectrum is flat (standard deviation 0); remove flat spectra before SNV"),
+        (lambda: SNV().fit(X).transform(nan), "(row 2)",
+         "SNV: missing (NaN) or infinite values; fill or remove those samples first"),
+        (lambda: MSC(reference=[0.0, 1.0, 0.0]).fit(X[:2, :3]).transform(np.array([[0.0, 2.0, 0.0], [1.0, 1.0, 1.0]])),
+         "MSC: the spectrum in row 1 does not follow the reference (slope 0)",
+         "MSC: the spectrum does not follow the reference (slope 0); remove it or use another reference"),
+        (lambda: ReflectanceToAbsorbance().fit(10.0 ** -frame.iloc[:5]).transform(reflectance), "row 4, column '1120'",
+         "ReflectanceToAbsorbance: reflectance must be positive but the first value <= 0 is -0.25, in column '1120'"),
+    ]
+    for action, in_message, reason in cases:
+        with pytest.raises(PreprocessingError) as info:
+            action()
+        assert in_message in str(info.value)
+        assert info.value.sample_reason == reason
+
+
 def test_preprocessing_error_is_also_a_value_error():
     assert issubclass(PreprocessingError, SoilCarbonError) and issubclass(PreprocessingError, ValueError)
 

@@ -62,7 +62,7 @@ class SOCModel:
                     try:
                         values[row] = np.column_stack(self._predict_block(X[row:row + 1], level))[0]
                     except (SoilCarbonError, ValueError) as exc:
-                        failures[int(row)] = _single_row(str(exc))
+                        failures[int(row)] = getattr(exc, "sample_reason", None) or str(exc)
         bad = ok & ~np.isfinite(values[:, 0])
         for row in np.flatnonzero(bad):
             failures.setdefault(int(row), "the model gave no finite prediction (extreme values?)")
@@ -97,7 +97,3 @@ class SOCModel:
             result.insert(0, ID_COLUMN, frame[ID_COLUMN].astype(str).to_numpy())
         return result
 
-
-def _single_row(message: str) -> str:
-    """A preprocessing message about a one-row batch, without its "row 0"."""
-    return message.replace(" in row 0", "").replace(" (row 0)", "")

@@ -65,7 +65,15 @@ __all__ = [
 
 
 class PreprocessingError(SoilCarbonError, ValueError):
-    """Bad spectra or parameters given to a preprocessing step (a SoilCarbonError and a ValueError)."""
+    """Bad spectra or parameters given to a preprocessing step (a SoilCarbonError and a ValueError).
+
+    ``sample_reason``, when the fault lies in individual spectra, says what is wrong with such a
+    spectrum without naming its row in the batch (used when one sample is reported on its own).
+    """
+
+    def __init__(self, message: str, sample_reason: str | None = None):
+        super().__init__(message)
+        self.sample_reason = sample_reason
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -155,12 +163,14 @@ class _SpectralTransformer(TransformerMixin, BaseEstimator):
             return validate_data(self, X, reset=reset, dtype=np.float64)
         except ValueError as exc:
             text = _ARRAY_DUMP.sub("", str(exc))
+            reason = None
             if "NaN" in text or "infinity" in text:
+                reason = f"{who}: missing (NaN) or infinite values; fill or remove those samples first"
                 text = "the spectra contain missing (NaN) or infinite values" + _bad_rows_text(X)
                 text += "; fill or remove those samples first"
             elif "features, but" in text:
                 text = text.rstrip(". ") + "; the spectra have another number of points than at fit"
-            raise PreprocessingError(f"{who}: {text}") from exc
+            raise PreprocessingError(f"{who}: {text}", reason) from exc
 
     def _check_width(self, X: np.ndarray, axis: np.ndarray) -> None:
         if X.shape[1] != axis.size:
@@ -169,10 +179,12 @@ class _SpectralTransformer(TransformerMixin, BaseEstimator):
                 f"{_range_text(axis)} has {axis.size}; give the axis of the incoming columns"
             )
 
-    def _where(self, row: int, col: int) -> str:
+    def _column(self, col: int) -> str:
         names = getattr(self, "feature_names_in_", None)
-        column = f"column {names[col]!r}" if names is not None else f"column {col}"
-        return f"row {row}, {column}"
+        return f"column {names[col]!r}" if names is not None else f"column {col}"
+
+    def _where(self, row: int, col: int) -> str:
+        return f"row {row}, {self._column(col)}"
 
 
 # ------------------------------------------------------------------------- scatter
@@ -210,7 +222,8 @@ class SNV(OneToOneFeatureMixin, _SpectralTransformer):
             raise PreprocessingError(
                 f"SNV: the spectrum in row {flat[0]} is flat (standard deviation 0)"
                 f"{f' and {flat.size - 1} more rows are' if flat.size > 1 else ''}; "
-                "remove flat spectra before SNV"
+                "remove flat spectra before SNV",
+                "SNV: the spectrum is flat (standard deviation 0); remove flat spectra before SNV",
             )
         centred /= std[:, None]
         return centred
@@ -276,7 +289,8 @@ class MSC(OneToOneFeatureMixin, _SpectralTransformer):
         if bad.size:
             raise PreprocessingError(
                 f"MSC: the spectrum in row {bad[0]} does not follow the reference (slope 0); "
-                "remove it or use another reference"
+                "remove it or use another reference",
+                "MSC: the spectrum does not follow the reference (slope 0); remove it or use another reference",
             )
         return out
 
@@ -574,7 +588,9 @@ class ReflectanceToAbsorbance(OneToOneFeatureMixin, _SpectralTransformer):
             raise PreprocessingError(
                 f"ReflectanceToAbsorbance: reflectance must be positive but {self._where(row, col)} is "
                 f"{X[row, col]:g} ({int(bad.sum())} value(s) <= 0 in all); correct or remove those spectra, "
-                "or skip this step if the data already are absorbance"
+                "or skip this step if the data already are absorbance",
+                f"ReflectanceToAbsorbance: reflectance must be positive but the first value <= 0 is "
+                f"{X[row, col]:g}, in {self._column(col)}",
             )
 
     def __sklearn_tags__(self):
