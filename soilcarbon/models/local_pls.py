@@ -54,6 +54,15 @@ def _matvec(M, x, out):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
+def _gather(M, idx, out):
+    """``out = M[idx][:, idx]`` in place."""
+    for a in range(idx.shape[0]):
+        row = idx[a]
+        for b in range(idx.shape[0]):
+            out[a, b] = M[row, idx[b]]
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def local_pls_predict(G, D, nb, y, GQ, xx0, n_components, n_features, lo, wapls, tricube, Dref):
     """Local PLS1 prediction of each query from its neighbours, with neighbourhood statistics.
 
@@ -141,16 +150,10 @@ def local_pls_predict(G, D, nb, y, GQ, xx0, n_components, n_features, lo, wapls,
         out[i, 2] = dmin
         out[i, 4] = np.sqrt(yvar / (k - 1))
         # the neighbours' Gram matrix, centred and weighted locally
-        for a in range(k):
-            ra = idx[a]
-            for b in range(k):
-                K[a, b] = G[ra, idx[b]]
+        _gather(G, idx, K)
         xq2 = xx0[i]
         if Dref.shape[0] > 0:  # dissimilarities as extra predictors: K += Dn Dn', gq += Dn dn
-            for a in range(k):
-                ra = idx[a]
-                for b in range(k):
-                    Dn[a, b] = Dref[ra, idx[b]]
+            _gather(Dref, idx, Dn)
             for a in range(k):
                 for b in range(k):
                     K[a, b] += _dot(Dn[a], Dn[b])
