@@ -65,7 +65,7 @@ class SOCModel:
                         failures[int(row)] = getattr(exc, "sample_reason", None) or str(exc)
         bad = ok & ~np.isfinite(values[:, 0])
         for row in np.flatnonzero(bad):
-            failures.setdefault(int(row), "the model gave no finite prediction (extreme values?)")
+            failures.setdefault(int(row), "the model gave no finite prediction; check the spectrum for extreme values")
         values[bad] = np.nan
         result = pd.DataFrame({
             "prediction": values[:, 0],
@@ -87,7 +87,9 @@ class SOCModel:
             if bound is not None:  # a concentration cannot be negative
                 prediction = np.maximum(prediction, bound)
             scores, score = self.domain.assess(self.domain_features.transform(X))
-        lower, upper = self.calibrator.interval(scores, prediction, level)
+        lower, upper = np.full(len(X), np.nan), np.full(len(X), np.nan)
+        finite = np.isfinite(prediction)  # an overflow (e.g. exp of a log-scale model) has no interval
+        lower[finite], upper[finite] = self.calibrator.interval(scores[finite], prediction[finite], level)
         return prediction, lower, upper, score
 
     def predict_frame(self, frame: pd.DataFrame, level: float | None = None) -> pd.DataFrame:
