@@ -145,6 +145,8 @@ def test_bad_n_bins_in_the_cli_exits_2_with_one_line(tmp_path, run_cli, nirsoil_
 def test_calibrator_rejects_bad_bins():
     with pytest.raises(SoilCarbonError, match="n_bins must be an integer >= 1, got 0"):
         _hand_example(n_bins=0)
+    with pytest.raises(SoilCarbonError, match="interval min_bin_size must be an integer >= 1, got 0"):
+        _hand_example(min_bin_size=0)
 
 
 def test_default_config_uses_three_bins():
