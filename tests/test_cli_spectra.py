@@ -8,13 +8,7 @@ import struct
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-
-def only_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+from cli_helpers import only_error_line
 
 
 def opus_axis(path):

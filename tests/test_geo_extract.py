@@ -10,12 +10,14 @@ by floor((x - x0) / dx).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
 import rasterio
 from affine import Affine
+from cli_helpers import cli_in_process, only_error_line
 from rasterio.warp import transform as warp_transform
 
 from soilcarbon.geo import indices
@@ -42,13 +44,6 @@ def write_raster(path, bands, crs, transform, nodata=None, descriptions=None, dt
             if descriptions:
                 dst.set_band_description(i, descriptions[i - 1])
     return path
-
-
-def only_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -161,19 +156,6 @@ def test_index_functions_by_hand():
     assert indices.parse_indices("NDVI,bsi,ndvi") == ["ndvi", "bsi"]
 
 
-def in_process(capsys):
-    """The CLI entry point in this process (same code path as the subprocess, faster)."""
-    from soilcarbon.cli import main
-
-    def run(*args):
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return exit_info.value.code, captured.out, captured.err
-
-    return run
-
-
 def _bad(run_cli, tmp_path, *args):
     output = tmp_path / "out" / "cov.csv"
     output.parent.mkdir(exist_ok=True)
@@ -199,7 +181,7 @@ def test_unreadable_raster(run_cli, scene, tmp_path):
 
 
 def test_bad_inputs_name_the_culprit(capsys, scene, tmp_path):
-    run_cli = in_process(capsys)
+    run_cli = partial(cli_in_process, capsys)
     rasters, points = scene["rasters"], scene["folder"] / "lonlat.csv"
     line = _bad(run_cli, tmp_path, "--points", points, "--x", "longitude", "--y", "lat", "--rasters", rasters / "a.tif")
     assert "'longitude' (--x) not found" in line and "lonlat.csv" in line

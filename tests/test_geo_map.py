@@ -6,11 +6,14 @@ nodata or NaN.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
 from rasterio.warp import transform_bounds
+from cli_helpers import cli_in_process, only_error_line
 from trained_model import train_covariate_model
 
 from soilcarbon.geo import mapping
@@ -35,13 +38,6 @@ def write_raster(path, bands, crs="EPSG:32631", transform=GRID, nodata=None, des
             if descriptions:
                 dst.set_band_description(i, descriptions[i - 1])
     return path
-
-
-def only_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -165,19 +161,6 @@ def test_indices_from_bands_feed_the_model(model, stack, tmp_path):
     assert_map_equal(tmp_path / "soc.tif", expected_bands(model, dict(values, ndvi=ndvi)))
 
 
-def in_process(capsys):
-    """The CLI entry point in this process (same code path as the subprocess, faster)."""
-    from soilcarbon.cli import main
-
-    def run(*args):
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return exit_info.value.code, captured.out, captured.err
-
-    return run
-
-
 def _bad(run_cli, tmp_path, *args):
     output = tmp_path / "out" / "soc.tif"
     output.parent.mkdir(exist_ok=True)
@@ -195,12 +178,12 @@ def test_rasters_that_do_not_line_up(run_cli, capsys, stack, tmp_path):
     assert "far.tif does not overlap" in line and "ndvi.tif" in line
     coarse = write_raster(tmp_path / "coarse.tif", [values["twi"][::2, ::2]],
                           transform=from_origin(X0, Y0, 2 * RES, 2 * RES))
-    line = _bad(in_process(capsys), tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, coarse)
+    line = _bad(partial(cli_in_process, capsys), tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, coarse)
     assert "coarse.tif has 20 x 20 pixels but ndvi.tif 10 x 10" in line and "--resampling nearest|bilinear" in line
     west, _, _, north = transform_bounds("EPSG:32631", "EPSG:4326", X0, Y0 - H * RES, X0 + W * RES, Y0)
     lonlat = write_raster(tmp_path / "lonlat.tif", [values["twi"]], crs="EPSG:4326",
                           transform=from_origin(west - 0.001, north + 0.001, 0.0002, 0.0001))
-    line = _bad(in_process(capsys), tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, lonlat)
+    line = _bad(partial(cli_in_process, capsys), tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, lonlat)
     assert "lonlat.tif is in EPSG:4326 but ndvi.tif in EPSG:32631" in line
 
 
@@ -228,7 +211,7 @@ def test_read_error_mid_map_leaves_no_file(model, stack, tmp_path):
 
 def test_option_errors(capsys, stack, tmp_path):
     folder, _ = stack
-    run_cli = in_process(capsys)
+    run_cli = partial(cli_in_process, capsys)
     line = _bad(run_cli, tmp_path, "--model", "models:/unused/1", "--rasters", folder / "ndvi.tif", "--block-size", "500")
     assert "--block-size must be a multiple of 16" in line
     line = _bad(run_cli, tmp_path, "--model", "models:/unused/1", "--rasters", folder / "ndvi.tif",

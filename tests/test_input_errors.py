@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import rasterio
 from affine import Affine
+from cli_helpers import only_error_line
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.geo import extract as ex
@@ -40,13 +41,6 @@ def write_raster(path, n_bands=1, descriptions=None, crs="EPSG:32631"):
             if descriptions:
                 dst.set_band_description(band, descriptions[band - 1])
     return path
-
-
-def only_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: "), stderr
-    return lines[0]
 
 
 def leftovers(folder) -> list[str]:

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli_helpers import cli_in_process, only_error_line
 from conftest import NIRSOIL_CSV, OPUS_DIR, run_cli
 from serving_models import environment, serving_store
+
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.serving.predict import OUTPUT_COLUMNS, load_model, predict_file
 
@@ -56,19 +58,6 @@ def reference(store, nir_table, signature_columns) -> pd.DataFrame:
     return mlflow_reference(NIR, nir_table, signature_columns)
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the real CLI entry point in this process (fast); returns (exit code, stdout, stderr)."""
-    from soilcarbon.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def assert_matches(result: pd.DataFrame, reference: pd.DataFrame, ids=None) -> None:
     result = result.set_index("sample_id")
     ids = list(result.index) if ids is None else list(ids)
@@ -76,12 +65,6 @@ def assert_matches(result: pd.DataFrame, reference: pd.DataFrame, ids=None) -> N
         np.testing.assert_allclose(result.loc[ids, column].to_numpy(float), reference.loc[ids, column].to_numpy(float),
                                    rtol=1e-7, atol=1e-9, err_msg=column)
     assert (result.loc[ids, "in_domain"].astype(bool).to_numpy() == reference.loc[ids, "in_domain"].to_numpy()).all()
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------ happy paths
@@ -156,7 +139,7 @@ def test_opus_folder_with_a_damaged_file(store, tmp_path, capsys):
         shutil.copy(path, folder / path.name)
     (folder / "BROKEN_S_001_001.0").write_bytes(files[0].read_bytes()[:3000])  # truncated copy
     out = tmp_path / "mir.csv"
-    code, stdout, stderr = cli(capsys, "predict", "--model", store["mir"], "--spectra", folder, "--output", out)
+    code, stdout, stderr = cli_in_process(capsys, "predict", "--model", store["mir"], "--spectra", folder, "--output", out)
     assert code == 0, stderr
     assert "warning: sample BROKEN_S_001_001.0 not predicted: damaged or truncated OPUS file" in stderr
     assert "4 samples, 4 predicted, 1 not predicted" in stdout
@@ -179,7 +162,7 @@ def test_a_spectrum_the_model_cannot_scale_is_reported_and_the_others_go_on(stor
     source = tmp_path / "mir-flat.csv"
     frame.to_csv(source, index=False)
     out = tmp_path / "mir-flat-pred.csv"
-    code, stdout, stderr = cli(capsys, "predict", "--model", store["mir"], "--spectra", source, "--output", out)
+    code, stdout, stderr = cli_in_process(capsys, "predict", "--model", store["mir"], "--spectra", source, "--output", out)
     assert code == 0, stderr
     flat = frame.iloc[2, 0]
     assert (f"warning: sample {flat} not predicted: not predictable: SNV: the spectrum is flat (standard deviation 0); "
@@ -218,7 +201,7 @@ def test_covariates_only_model(store, tmp_path, capsys):
     path = tmp_path / "cov.csv"
     table.to_csv(path, index=False)
     out = tmp_path / "cov-pred.parquet"
-    code, stdout, stderr = cli(capsys, "predict", "--model", store["cov"], "--covariates", path, "--output", out)
+    code, stdout, stderr = cli_in_process(capsys, "predict", "--model", store["cov"], "--covariates", path, "--output", out)
     assert code == 0, stderr
     assert "warning: sample P003 not predicted: covariate 'ndvi' is missing" in stderr
     assert "warning: sample P012 not predicted: non-numeric value 'n/a?' in covariate 'ndvi'" in stderr
@@ -245,7 +228,7 @@ def test_samples_with_bad_values_are_reported_and_the_others_go_on(store, nir_ta
     source = tmp_path / "bad.csv"
     table.to_csv(source, index=False)
     out, problems = tmp_path / "bad-pred.csv", tmp_path / "problems.csv"
-    code, stdout, stderr = cli(capsys, "predict", "--model", NIR, "--spectra", source, "--output", out,
+    code, stdout, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "--output", out,
                                "--chunk-size", 100, "--problems", problems)
     assert code == 0, stderr
     assert "warning: sample NIRsoil-11 not predicted: 1 missing spectral value(s), first in column '1500'" in stderr
@@ -346,7 +329,7 @@ def test_failure_in_a_later_chunk_leaves_no_partial_file(store, env, nir_table, 
     code, stdout, stderr = run_cli("predict", "--model", NIR, "--spectra", source, "--output", out,
                                    "--chunk-size", 50, env=env)
     assert code == 2
-    line = one_error_line(stderr)
+    line = only_error_line(stderr)
     assert str(source) in line and "line 261" in line
     assert out.read_text() == "previous results\n"  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv", "ragged.csv"]  # no temporary file left
@@ -357,15 +340,15 @@ def test_axis_that_cannot_be_aligned_is_one_error(store, nir_table, tmp_path, ca
     source = tmp_path / "short.csv"
     short.to_csv(source, index=False)
     out = tmp_path / "pred.csv"
-    code, _, stderr = cli(capsys, "predict", "--model", NIR, "--spectra", source, "--output", out)
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "--output", out)
     assert code == 2
-    line = one_error_line(stderr)
+    line = only_error_line(stderr)
     assert "cover 1100-2000 nm" in line and "needs 1100-2498 nm" in line and "models:/soc-nir/1" in line
     assert not out.exists()
     # mid-infrared OPUS spectra for a NIR model: cm-1 converted to nm in the message
-    code, _, stderr = cli(capsys, "predict", "--model", NIR, "--spectra", OPUS_DIR, "--output", out)
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", OPUS_DIR, "--output", out)
     assert code == 2
-    assert "cover 179-5996 cm-1 (1668-55750 nm)" in one_error_line(stderr)
+    assert "cover 179-5996 cm-1 (1668-55750 nm)" in only_error_line(stderr)
     assert not out.exists()
 
 
@@ -394,9 +377,9 @@ def test_bad_arguments_give_one_error_and_no_output(store, tmp_path, capsys, arg
         else:
             extra += [key, value]
     argv = ["predict"] + [item for pair in base.items() for item in pair] + extra
-    code, _, stderr = cli(capsys, *argv)
+    code, _, stderr = cli_in_process(capsys, *argv)
     assert code == 2
-    assert message in one_error_line(stderr)
+    assert message in only_error_line(stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cov.csv"]
 
 

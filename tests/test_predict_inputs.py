@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli_helpers import cli_in_process, only_error_line
 from conftest import NIRSOIL_CSV, OPUS_DIR, run_cli
 from serving_models import environment, serving_store
+
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.serving.predict import load_model, predict_file, predict_spectra
 
@@ -48,25 +50,6 @@ def nir_head() -> pd.DataFrame:
     return pd.read_csv(NIRSOIL_CSV, nrows=5)
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """The real CLI entry point in this process: (exit code, stdout, stderr)."""
-    from soilcarbon.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 def only(folder, *names) -> None:
     """The folder holds exactly ``names``: no output and no temporary file was left."""
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)
@@ -81,10 +64,10 @@ def only(folder, *names) -> None:
     ("models:/soc-nir/champion", "'champion' is neither a version number nor 'latest'"),
 ])
 def test_malformed_model_uri(store, tmp_path, capsys, uri, message):
-    code, _, stderr = cli(capsys, "predict", "--model", uri, "--spectra", NIRSOIL_CSV, "--output",
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", uri, "--spectra", NIRSOIL_CSV, "--output",
                           tmp_path / "pred.csv")
     assert code == 2
-    assert message in one_error_line(stderr)
+    assert message in only_error_line(stderr)
     only(tmp_path)
 
 
@@ -99,10 +82,10 @@ def test_registered_model_without_versions(store, tmp_path):
 
 def test_model_that_cannot_be_loaded(store, tmp_path, capsys):
     missing = tmp_path / "no-model-here"
-    code, _, stderr = cli(capsys, "predict", "--model", missing, "--spectra", NIRSOIL_CSV, "--output",
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", missing, "--spectra", NIRSOIL_CSV, "--output",
                           tmp_path / "pred.csv")
     assert code == 2
-    line = one_error_line(stderr)
+    line = only_error_line(stderr)
     assert f"cannot load model '{missing}'" in line
     only(tmp_path)
 
@@ -134,17 +117,17 @@ def test_level_that_is_not_a_number(store, tmp_path):
 
 def test_problems_report_must_be_csv(store, tmp_path, capsys):
     problems = tmp_path / "problems.parquet"
-    code, _, stderr = cli(capsys, "predict", "--model", NIR, "--spectra", NIRSOIL_CSV, "--output",
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", NIRSOIL_CSV, "--output",
                           tmp_path / "pred.csv", "--problems", problems)
     assert code == 2
-    assert f"{problems}: the problems report is a CSV file; name it .csv" in one_error_line(stderr)
+    assert f"{problems}: the problems report is a CSV file; name it .csv" in only_error_line(stderr)
     only(tmp_path)
 
 
 def test_nothing_to_predict(store, tmp_path, capsys):
-    code, _, stderr = cli(capsys, "predict", "--model", NIR, "--output", tmp_path / "pred.csv")
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--output", tmp_path / "pred.csv")
     assert code == 2
-    assert "nothing to predict: pass --spectra" in one_error_line(stderr)
+    assert "nothing to predict: pass --spectra" in only_error_line(stderr)
     only(tmp_path)
 
 
@@ -152,9 +135,9 @@ def test_output_would_overwrite_the_input(store, nir_head, tmp_path, capsys):
     source = tmp_path / "spectra.csv"
     nir_head.to_csv(source, index=False)
     before = source.read_bytes()
-    code, _, stderr = cli(capsys, "predict", "--model", NIR, "--spectra", source, "--output", source)
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "--output", source)
     assert code == 2
-    assert f"{source}: the output would overwrite the input" in one_error_line(stderr)
+    assert f"{source}: the output would overwrite the input" in only_error_line(stderr)
     assert source.read_bytes() == before
     only(tmp_path, "spectra.csv")
 
@@ -162,10 +145,10 @@ def test_output_would_overwrite_the_input(store, nir_head, tmp_path, capsys):
 def test_spectral_model_given_only_covariates(store, tmp_path, capsys):
     covariates = tmp_path / "cov.csv"
     covariates.write_text("sample_id,ndvi\nA,0.5\n")
-    code, _, stderr = cli(capsys, "predict", "--model", NIR, "--covariates", covariates, "--output",
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--covariates", covariates, "--output",
                           tmp_path / "pred.csv")
     assert code == 2
-    line = one_error_line(stderr)
+    line = only_error_line(stderr)
     assert "the model models:/soc-nir/1 needs spectra (700 points 1100-2498 nm); pass --spectra" in line
     only(tmp_path, "cov.csv")
 
@@ -183,9 +166,9 @@ def test_spectral_columns_mixing_prefixes(store, tmp_path):
 def test_table_without_spectral_columns(store, tmp_path, capsys):
     source = tmp_path / "lab.csv"
     source.write_text("sample_id,clay,sand\nA,20,40\n")
-    code, _, stderr = cli(capsys, "predict", "--model", NIR, "--spectra", source, "--output", tmp_path / "pred.csv")
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "--output", tmp_path / "pred.csv")
     assert code == 2
-    line = one_error_line(stderr)
+    line = only_error_line(stderr)
     assert f"{source}: no spectral columns found; the model models:/soc-nir/1 expects 700 points 1100-2498 nm" in line
     only(tmp_path, "lab.csv")
 
@@ -273,10 +256,10 @@ def test_predict_spectra_rejects_inputs_that_do_not_fit_the_model(nir, cov, nir_
 def test_spark_engine_needs_spectra(store, tmp_path, capsys):
     covariates = tmp_path / "cov.csv"
     covariates.write_text("sample_id,ndvi,elevation,twi\nP1,0.5,100,5\n")
-    code, _, stderr = cli(capsys, "predict", "--model", store["cov"], "--engine", "spark", "--covariates",
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", store["cov"], "--engine", "spark", "--covariates",
                           covariates, "--output", tmp_path / "pred.parquet")
     assert code == 2
-    assert "--engine spark needs --spectra (a Parquet table)" in one_error_line(stderr)
+    assert "--engine spark needs --spectra (a Parquet table)" in only_error_line(stderr)
     only(tmp_path, "cov.csv")
 
 
@@ -310,9 +293,9 @@ def test_spark_engine_checks_paths_before_starting_spark(store, nir_head, tmp_pa
     (["--max-body-mb", "0"], "--max-body-mb must be positive, got 0.0"),
 ])
 def test_serve_bad_options(store, capsys, args, message):
-    code, _, stderr = cli(capsys, "serve", "--model", NIR, *args)
+    code, _, stderr = cli_in_process(capsys, "serve", "--model", NIR, *args)
     assert code == 2
-    assert message in one_error_line(stderr)
+    assert message in only_error_line(stderr)
 
 
 def test_serve_on_a_port_in_use(store, env):
