@@ -151,7 +151,14 @@ def test_points_table_without_rows(geo):
 def test_duplicate_point_id(run_cli, geo):
     dup = geo / "dup.csv"
     dup.write_text(f"sample_id,e,n\nP1,{X0 + 5},{Y0 - 5}\n P1 ,{X0 + 15},{Y0 - 15}\n")  # ids are stripped
-    expect_cli_error(run_cli, extract_args(geo, points=dup), "duplicate point id 'P1'", "'sample_id'", folder=geo)
+    expect_cli_error(run_cli, extract_args(geo, points=dup), f"{dup}: duplicate ids in the points table: P1", folder=geo)
+
+
+def test_point_without_id(run_cli, geo):
+    blank = geo / "blank.csv"
+    blank.write_text(f"sample_id,e,n\nP1,{X0 + 5},{Y0 - 5}\n,{X0 + 15},{Y0 - 15}\n")
+    expect_cli_error(run_cli, extract_args(geo, points=blank),
+                     f"{blank}: 1 points row(s) without 'sample_id' (line(s) 3); every row needs an id", folder=geo)
 
 
 def test_non_numeric_coordinate(geo):

@@ -35,7 +35,10 @@ def _spectra(ids, nan_row=None):
 # ----------------------------------------------------------------- assemble
 @pytest.mark.parametrize("change, fragment", [
     (lambda t: t.drop(columns=["sample_id"]), "cov.csv: id column 'sample_id' not found"),
-    (lambda t: t.assign(sample_id=["S0"] + list(t["sample_id"][1:-1]) + ["S0"]), "cov.csv: duplicate sample id 'S0'"),
+    (lambda t: t.assign(sample_id=["S0"] + list(t["sample_id"][1:-1]) + ["S0"]),
+     "cov.csv: duplicate ids in the covariates table: S0; keep one row per sample"),
+    (lambda t: t.assign(sample_id=t["sample_id"].where(~t.index.isin([2, 5]), " ")),
+     "cov.csv: 2 covariates row(s) without 'sample_id' (row(s) 3, 6); every row needs an id"),
     (lambda t: t.assign(ndvi=t["ndvi"].astype(object).where(t.index != 4, "cloud")),
      "cov.csv: covariate column 'ndvi' is not numeric (sample S4 has 'cloud')"),
     (lambda t: t[["sample_id", "soc"]], "cov.csv: no covariate columns besides 'sample_id'"),

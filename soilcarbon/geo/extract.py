@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.spectral.lab import checked_ids
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 
@@ -136,10 +137,7 @@ def read_points(path: Path, x: str, y: str, id_col: str) -> pd.DataFrame:
     if frame.empty:
         raise SoilCarbonError(f"{path}: no points")
     frame = frame.copy()
-    frame[id_col] = frame[id_col].astype(str).str.strip()
-    dup = frame[id_col][frame[id_col].duplicated()]
-    if len(dup):
-        raise SoilCarbonError(f"{path}: duplicate point id {dup.iloc[0]!r} in column {id_col!r}")
+    frame[id_col] = checked_ids(frame, id_col, str(path), "points")
     for column in (x, y):
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = values.isna()

@@ -54,18 +54,26 @@ def read_lab(path, id_col: str = "sample_id") -> pd.DataFrame:
             f"{path}: id column {id_col!r} not found in the lab table (columns: {_ids_text(lab.columns)}); "
             "pass the id column name"
         )
-    ids = lab[id_col].astype("string").str.strip()
-    empty = ids.isna() | (ids == "")
-    if empty.any():
-        rows = (np.where(empty)[0] + 2).tolist()  # +2: header line and 1-based lines
-        raise SoilCarbonError(f"{path}: {int(empty.sum())} lab row(s) without {id_col!r} (line(s) "
-                              f"{_ids_text(rows)}); every row needs an id")
-    duplicated = ids[ids.duplicated()].unique()
-    if len(duplicated):
-        raise SoilCarbonError(f"{path}: duplicate ids in the lab table: {_ids_text(duplicated)}; keep one row per sample")
-    lab[id_col] = ids.astype(object)
+    lab[id_col] = checked_ids(lab, id_col, str(path), "lab")
     lab.attrs["source"] = str(path)
     return lab
+
+
+def checked_ids(table: pd.DataFrame, id_col: str, source: str, noun: str, from_file: bool = True) -> pd.Series:
+    """The ids of a table's rows, stripped, as strings; raises when a row has no id (naming its
+    file lines, or 1-based rows for an in-memory table) or when an id repeats."""
+    ids = table[id_col].astype("string").str.strip()
+    empty = ids.isna() | (ids == "")
+    if empty.any():
+        positions = (np.where(empty)[0] + (2 if from_file else 1)).tolist()  # +2: header line, 1-based
+        where = "line(s)" if from_file else "row(s)"
+        raise SoilCarbonError(f"{source}: {int(empty.sum())} {noun} row(s) without {id_col!r} ({where} "
+                              f"{_ids_text(positions)}); every row needs an id")
+    duplicated = ids[ids.duplicated()].unique()
+    if len(duplicated):
+        raise SoilCarbonError(f"{source}: duplicate ids in the {noun} table: {_ids_text(duplicated)}; "
+                              "keep one row per sample")
+    return ids.astype(object)
 
 
 @dataclass

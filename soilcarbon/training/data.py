@@ -11,6 +11,7 @@ import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import FeatureLayout, numeric_block
+from soilcarbon.spectral.lab import checked_ids
 from soilcarbon.spectral.spectra import Spectra
 
 
@@ -62,10 +63,7 @@ def assemble(spectra: Spectra | None, target: str, covariates: pd.DataFrame | No
         if id_col not in covariates.columns:
             raise SoilCarbonError(f"{covariates_source}: id column {id_col!r} not found")
         covariates = covariates.copy()
-        covariates[id_col] = covariates[id_col].astype(str).str.strip()
-        dup = covariates[id_col][covariates[id_col].duplicated()]
-        if len(dup):
-            raise SoilCarbonError(f"{covariates_source}: duplicate sample id {dup.iloc[0]!r}")
+        covariates[id_col] = checked_ids(covariates, id_col, covariates_source, "covariates", from_file=False)
         reserved_set = set(reserved) | {target}
         if spectra is not None:
             reserved_set |= set(spectra.meta.columns)
