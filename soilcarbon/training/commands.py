@@ -118,7 +118,11 @@ def train_command(
         if not folder.is_dir():
             raise SoilCarbonError(f"{oof_output}: folder {folder} does not exist; create it first")
     console = Console(quiet=quiet)
-    data_spectra, cov_table = _load_inputs(spectra, lab, covariates, id_col, unit, console)
+    from soilcarbon.training.data import load_inputs
+
+    data_spectra, cov_table, load_notes = load_inputs(spectra, lab, covariates, id_col, unit)
+    for note in load_notes:
+        console.print(f"[yellow]note:[/] {note}")
     from soilcarbon.training.train import train
 
     # advisory warnings (e.g. neighbourhoods clipped on small data) would drown the report;
@@ -146,30 +150,6 @@ def train_command(
         "covariates": str(covariates) if covariates else "", "config": str(config_path) if config_path else "default",
     }, target_unit)
     typer.echo(uri)
-
-
-def _load_inputs(spectra, lab, covariates, id_col, unit, console):
-    from soilcarbon.spectral.lab import join_lab, read_lab
-    from soilcarbon.spectral.readers import read_spectra
-
-    data_spectra = cov_table = None
-    lab_table = read_lab(lab, id_col) if lab else None
-    if spectra is not None:
-        data_spectra = read_spectra(spectra, id_col=id_col, unit=unit)
-        if lab_table is not None:
-            data_spectra, report = join_lab(data_spectra, lab_table, id_col)
-            if report.only_in_spectra or report.only_in_lab:
-                console.print(f"[yellow]note:[/] {report.summary()}")
-    if covariates is not None:
-        from soilcarbon.spectral.lab import read_lab as read_table
-
-        cov_table = read_table(covariates, id_col)
-        if lab_table is not None and spectra is None:
-            overlap = [c for c in lab_table.columns if c in cov_table.columns and c != id_col]
-            cov_table = cov_table.merge(lab_table.drop(columns=overlap), on=id_col, how="inner")
-            if cov_table.empty:
-                raise SoilCarbonError(f"{lab}: no sample id matches the covariates table {covariates}")
-    return data_spectra, cov_table
 
 
 @models_app.command("list")

@@ -83,25 +83,13 @@ def assemble(spectra: Spectra | None, target: str, covariates: pd.DataFrame | No
         if only_spectra or only_cov:
             notes.append(f"{len(only_spectra)} spectra without covariates and {len(only_cov)} covariate rows "
                          "without spectra were left out")
-    if target not in table.columns:
-        raise SoilCarbonError(
-            f"target column {target!r} not found; available columns: "
-            f"{', '.join(c for c in map(str, table.columns) if c != id_col) or 'none'} (use --lab for a lab table)"
-        )
-    raw = table[target]
-    y_all = pd.to_numeric(raw, errors="coerce")
-    bad = y_all.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
-    if bad.any():
-        row = int(np.where(bad)[0][0])
-        raise SoilCarbonError(
-            f"target column {target!r} is not numeric: sample {table[id_col].iloc[row]} has {raw.iloc[row]!r}"
-        )
-    keep = np.isfinite(y_all.to_numpy(dtype=float))
+    y_all = target_values(table, target, id_col)
+    keep = np.isfinite(y_all)
     n_dropped = int((~keep).sum())
     if n_dropped:
         notes.append(f"{n_dropped} sample(s) without a {target} value were dropped")
     table = table[keep].reset_index(drop=True)
-    y = y_all[keep].to_numpy(dtype=float)
+    y = y_all[keep]
     if len(y) == 0:
         raise SoilCarbonError(f"no sample has a value for target {target!r}")
     if np.ptp(y) == 0:
@@ -131,3 +119,55 @@ def assemble(spectra: Spectra | None, target: str, covariates: pd.DataFrame | No
         row = int(np.where(np.isnan(X[:, : layout.n_spectral]).any(axis=1))[0][0])
         raise SoilCarbonError(f"spectrum of sample {ids[row]} has missing values; remove or fix it before training")
     return TrainingSet(ids, X, y, layout, table, target, n_dropped, notes)
+
+
+def target_values(table: pd.DataFrame, target: str, id_col: str = "sample_id") -> np.ndarray:
+    """The target column of a joined table as floats (NaN where a sample has no value).
+
+    Raises when the column is missing or holds a non-numeric value (naming the sample).
+    """
+    if target not in table.columns:
+        raise SoilCarbonError(
+            f"target column {target!r} not found; available columns: "
+            f"{', '.join(c for c in map(str, table.columns) if c != id_col) or 'none'} (use --lab for a lab table)"
+        )
+    raw = table[target]
+    y_all = pd.to_numeric(raw, errors="coerce")
+    bad = y_all.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+    if bad.any():
+        row = int(np.where(bad)[0][0])
+        raise SoilCarbonError(
+            f"target column {target!r} is not numeric: sample {table[id_col].iloc[row]} has {raw.iloc[row]!r}"
+        )
+    return y_all.to_numpy(dtype=float, na_value=np.nan)
+
+
+def load_inputs(spectra=None, lab=None, covariates=None, id_col: str = "sample_id", unit: str | None = None,
+                allow_nan: bool = False) -> tuple[Spectra | None, pd.DataFrame | None, list[str]]:
+    """Read the files ``train`` (and ``compare``) take: spectra joined with a lab table by id, and a
+    covariates table (joined with the lab table when there are no spectra).
+
+    Returns ``(spectra, covariates table, notes)``; notes say what the lab join left out.
+    ``allow_nan`` keeps spectra with missing values (to be reported per sample later).
+    """
+    from soilcarbon.spectral.lab import join_lab, read_lab
+    from soilcarbon.spectral.readers import read_spectra
+
+    notes: list[str] = []
+    data_spectra = cov_table = None
+    lab_table = read_lab(lab, id_col) if lab else None
+    if spectra is not None:
+        kwargs = {"allow_nan": True} if allow_nan else {}
+        data_spectra = read_spectra(spectra, id_col=id_col, unit=unit, **kwargs)
+        if lab_table is not None:
+            data_spectra, report = join_lab(data_spectra, lab_table, id_col)
+            if report.only_in_spectra or report.only_in_lab:
+                notes.append(report.summary())
+    if covariates is not None:
+        cov_table = read_lab(covariates, id_col)
+        if lab_table is not None and spectra is None:
+            overlap = [c for c in lab_table.columns if c in cov_table.columns and c != id_col]
+            cov_table = cov_table.merge(lab_table.drop(columns=overlap), on=id_col, how="inner")
+            if cov_table.empty:
+                raise SoilCarbonError(f"{lab}: no sample id matches the covariates table {covariates}")
+    return data_spectra, cov_table, notes

@@ -164,6 +164,23 @@ def _log_model(model, data, name: str):
     )
 
 
+def version_summary(mv, aliases=()) -> dict:
+    """What training recorded on a registered model version (its tags): target, unit, CV scheme and
+    metrics, training data digest and size, the selected model, and the run behind it."""
+    tags = dict(mv.tags or {})
+    n_train = tags.get("n_train", "")
+    return {
+        "name": mv.name, "version": int(mv.version), "aliases": list(aliases),
+        "target": tags.get("target", ""), "unit": tags.get("unit", ""),
+        "cv_scheme": tags.get("cv_scheme", ""), "run_id": mv.run_id,
+        "metrics": {k[3:]: float(v) for k, v in tags.items() if k.startswith("cv_") and k != "cv_scheme"},
+        "created": int(mv.creation_timestamp or 0),
+        "data_digest": tags.get("data_digest", ""), "n_train": int(n_train) if n_train.isdigit() else None,
+        "training_data": tags.get("training_data", ""), "selected_model": tags.get("selected_model", ""),
+        "model_id": getattr(mv, "model_id", None),
+    }
+
+
 def list_models() -> list[dict]:
     """Registered models with their versions, aliases and CV metrics (from version tags)."""
     client = configure()
@@ -174,13 +191,7 @@ def list_models() -> list[dict]:
             aliases.setdefault(str(ver), []).append(alias)
         versions = client.search_model_versions(f"name='{registered.name}'")
         for mv in sorted(versions, key=lambda v: int(v.version)):
-            out.append({
-                "name": registered.name, "version": int(mv.version), "aliases": aliases.get(str(mv.version), []),
-                "target": mv.tags.get("target", ""), "unit": mv.tags.get("unit", ""),
-                "cv_scheme": mv.tags.get("cv_scheme", ""), "run_id": mv.run_id,
-                "metrics": {k[3:]: float(v) for k, v in mv.tags.items() if k.startswith("cv_") and k != "cv_scheme"},
-                "created": int(mv.creation_timestamp or 0),
-            })
+            out.append(version_summary(mv, aliases.get(str(mv.version), [])))
     return out
 
 
