@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -75,6 +76,7 @@ def log_comparison(comparison, report_path: Path | None) -> str:
     import tempfile
 
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from soilcarbon.training.tracking import configure, ensure_experiment
 
@@ -97,12 +99,10 @@ def log_comparison(comparison, report_path: Path | None) -> str:
             values = {f"{m['name']}.v{m['version']}.{key}": float(m[key]) for key in
                       ("n", "rmse", "r2", "rpiq", "bias", "ccc", "picp", "mean_width", "out_of_domain_share")
                       if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])}
-            mlflow.log_metrics(values)
-            if m["logged"].get("model_id"):
-                try:
-                    mlflow.log_metrics({k.split(".")[-1]: v for k, v in values.items()}, model_id=m["logged"]["model_id"])
-                except Exception:  # the link is a bonus; the run's own metrics are already logged
-                    pass
+            try:  # MLflow 3: the metrics are also linked to the version's logged model
+                mlflow.log_metrics(values, model_id=m["logged"].get("model_id"))
+            except MlflowException:  # e.g. a tracking server without logged models: the run's metrics suffice
+                mlflow.log_metrics(values)
         for k, p in enumerate(comparison.pairs, start=1):
             mlflow.log_metrics({f"pair_{k}.{key}": float(p[key]) for key in ("rmse_diff", "ci_low", "ci_high", "p_value")
                                 if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])})
@@ -111,12 +111,14 @@ def log_comparison(comparison, report_path: Path | None) -> str:
             path = Path(tmp) / "comparison.json"
             path.write_text(json.dumps(_json_safe(comparison.to_dict()), indent=2))
             mlflow.log_artifact(str(path), artifact_path="evaluation")
+            report = Path(tmp) / "report.html"
             if report_path is None:
                 from soilcarbon.evaluation.report import write_report
 
-                report_path = Path(tmp) / "report.html"
-                write_report(comparison, report_path)
-            mlflow.log_artifact(str(report_path), artifact_path="evaluation")
+                write_report(comparison, report)
+            else:
+                shutil.copyfile(report_path, report)
+            mlflow.log_artifact(str(report), artifact_path="evaluation")
         return run.info.run_id
 
 

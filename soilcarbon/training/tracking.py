@@ -177,8 +177,14 @@ def version_summary(mv, aliases=()) -> dict:
         "created": int(mv.creation_timestamp or 0),
         "data_digest": tags.get("data_digest", ""), "n_train": int(n_train) if n_train.isdigit() else None,
         "training_data": tags.get("training_data", ""), "selected_model": tags.get("selected_model", ""),
-        "model_id": getattr(mv, "model_id", None),
+        "model_id": getattr(mv, "model_id", None) or _logged_model_id(mv.source),
     }
+
+
+def _logged_model_id(source) -> str | None:
+    """The MLflow 3 logged-model id in a version's source ``models:/m-<id>``, else None."""
+    text = str(source or "")
+    return text[len("models:/"):] if text.startswith("models:/m-") and "/" not in text[len("models:/"):] else None
 
 
 def list_models() -> list[dict]:
