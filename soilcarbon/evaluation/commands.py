@@ -40,7 +40,7 @@ def _tables(comparison) -> list[Table]:
     metrics = Table(title=f"{comparison.target}: accuracy on {source}")
     columns = ["version", "n", "RMSE", "R²", "RPIQ", "bias", "CCC", "PICP", "mean width", "outside domain"]
     for column in columns:
-        metrics.add_column(column, justify="left" if column == "version" else "right")
+        metrics.add_column(column, justify="left" if column == "version" else "right", no_wrap=column == "version")
     for m in comparison.models:
         metrics.add_row(m["uri"], _number(m.get("n")), _number(m.get("rmse")), _number(m.get("r2"), 3),
                         _number(m.get("rpiq"), 3), _number(m.get("bias"), 3), _number(m.get("ccc"), 3),
@@ -49,7 +49,7 @@ def _tables(comparison) -> list[Table]:
     if comparison.mode == "test":
         pairs = Table(title=f"Paired RMSE differences (a − b), {comparison.level:g} bootstrap interval, permutation p")
         for column in ("a", "b", "RMSE diff", "CI low", "CI high", "p-value"):
-            pairs.add_column(column, justify="left" if column in ("a", "b") else "right")
+            pairs.add_column(column, justify="left" if column in ("a", "b") else "right", no_wrap=column in ("a", "b"))
         for p in comparison.pairs:
             pairs.add_row(p["a"], p["b"], _number(p["rmse_diff"]), _number(p["ci_low"]), _number(p["ci_high"]),
                           _number(p["p_value"], 3))
@@ -57,7 +57,7 @@ def _tables(comparison) -> list[Table]:
     else:
         logged = Table(title="What each version logged")
         for column in ("version", "target", "n train", "data digest", "CV scheme", "selected"):
-            logged.add_column(column)
+            logged.add_column(column, no_wrap=column in ("version", "data digest"))
         for m in comparison.models:
             g = m["logged"]
             logged.add_row(m["uri"], str(g.get("target")), _number(g.get("n_train")), str(g.get("data_digest")),
