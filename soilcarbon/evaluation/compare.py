@@ -357,8 +357,8 @@ def compare_on_test(versions: list[Version], spectra, target: str, lab=None, cov
     model_rows, by_range, long = [], [], []
     for version, rows, reasons in zip(versions, per_version, problems):
         missing = ~rows["prediction"].notna().to_numpy()
-        not_predicted = [{"sample_id": str(i), "reason": reasons.get(str(i), "predicted by this version, "
-                          "not by another")} for i in data.ids[missing]]
+        not_predicted = [{"sample_id": str(i), "reason": reasons.get(str(i), "no prediction in this "
+                          "version's output")} for i in data.ids[missing]]
         use = rows[predicted_by_all]
         metrics = version_metrics(y, use["prediction"], use["lower"], use["upper"], use["in_domain"])
         model_rows.append({"uri": version.uri, "requested_uri": version.requested_uri, "name": version.name,
