@@ -233,7 +233,7 @@ def test_user_errors_give_one_error_line(store, tmp_path, case, expected):
 
 
 def test_paired_test_reference_cases():
-    from soilcarbon.evaluation.compare import paired_rmse_test
+    from soilcarbon.evaluation.compare import paired_rmse_test, range_bins
     from soilcarbon.training.metrics import concordance
 
     assert concordance([1, 2, 3, 4], [2, 3, 4, 5]) == pytest.approx(2 * 1.25 / (1.25 + 1.25 + 1))
@@ -248,3 +248,7 @@ def test_paired_test_reference_cases():
     assert even["ci_low"] < 0 < even["ci_high"] and even["p_value"] > 0.05
     same = paired_rmse_test(y, good, good)
     assert same == {"rmse_diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+    few = paired_rmse_test(y[:4], good[:4], poor[:4])
+    assert few["ci_low"] is None and few["p_value"] is None and np.isfinite(few["rmse_diff"])
+    assert range_bins([2.0, 2.0]).tolist() == [0, 0]
+    assert np.bincount(range_bins(y)).tolist() == [60] * 5

@@ -41,6 +41,8 @@ DATA_PARAMS = {"target", "n_samples", "n_dropped", "n_points", "covariates", "cv
 #: How many not-predicted samples each version lists in the JSON (all are counted).
 LIST_PROBLEMS = 50
 N_RANGES = 5
+#: Fewer common samples than this give the difference without an interval or p-value.
+MIN_PAIRED = 10
 
 
 # ============================================================================ versions
@@ -142,7 +144,10 @@ def version_metrics(observed, prediction, lower, upper, in_domain) -> dict:
 
 def range_bins(observed, n_bins: int = N_RANGES) -> np.ndarray:
     """Quantile bin (0 .. n_bins-1) of every observed value (``pandas.qcut``; fewer bins when values tie)."""
-    return np.asarray(pd.qcut(np.asarray(observed, dtype=float), n_bins, labels=False, duplicates="drop"))
+    values = np.asarray(observed, dtype=float)
+    if len(np.unique(values)) < 2:  # one value: one range (qcut has no edges to cut at)
+        return np.zeros(len(values), dtype=int)
+    return np.asarray(pd.qcut(values, n_bins, labels=False, duplicates="drop"), dtype=int)
 
 
 def range_metrics(observed, prediction, lower, upper, bins) -> list[dict]:
@@ -182,6 +187,8 @@ def paired_rmse_test(observed, prediction_a, prediction_b, level: float = 0.9, n
     rng = np.random.default_rng(seed)
     if np.array_equal(error_a, error_b):
         return {"rmse_diff": difference, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+    if len(y) < MIN_PAIRED:
+        return {"rmse_diff": difference, "ci_low": None, "ci_high": None, "p_value": None}
     boot = stats.bootstrap((error_a, error_b), _rmse_difference, paired=True, vectorized=True,
                            confidence_level=level, n_resamples=n_resamples, method="BCa", rng=rng, batch=500)
     low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
@@ -373,6 +380,9 @@ def compare_on_test(versions: list[Version], spectra, target: str, lab=None, cov
                                   "range": bins + 1}))
     dropped_by_some = int((~predicted_by_all).sum())
     notes = list(data.notes)
+    if len(y) < MIN_PAIRED:
+        notes.append(f"only {len(y)} sample(s) compared: too few for a paired interval or p-value "
+                     f"(at least {MIN_PAIRED})")
     if dropped_by_some:
         notes.append(f"{dropped_by_some} test sample(s) with a {target} value were not predicted by every "
                      "version and are left out of the comparison (see not_predicted)")
