@@ -188,6 +188,7 @@ def test_without_test_data_warns_when_trained_on_different_data(store, tmp_path)
     same = json.loads((tmp_path / "same.json").read_text())
     assert same["models"][0]["logged"]["data_digest"] == same["models"][1]["logged"]["data_digest"]
     assert set(same["config_differences"]) == {"candidates"} and same["pairs"][0]["comparable"] is True
+    assert "configuration differs in candidates:" in out
 
 
 def test_lab_table_joined_by_id_and_other_target_warns(store, tmp_path):

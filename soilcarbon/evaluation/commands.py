@@ -174,6 +174,9 @@ def compare_command(
         console.print(f"[yellow]note:[/] {note}")
     for table in _tables(comparison):
         console.print(table)
+    for key, values in comparison.config_differences.items():
+        shown = " | ".join(str(v)[:60] for v in values)
+        console.print(f"configuration differs in {key}: {shown}", markup=False, highlight=False)
     if json_output is not None:
         from soilcarbon.atomic import atomic_path
 
