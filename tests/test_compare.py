@@ -175,9 +175,13 @@ def test_comparison_is_logged_as_an_evaluation_run(store, compared):
 
 
 def test_without_test_data_warns_when_trained_on_different_data(store, tmp_path):
-    code, out, err = _cli("compare", store["v1"], store["v2"], "--json", tmp_path / "logged.json")
+    code, out, err = _cli("compare", store["v1"], store["v2"], "--json", tmp_path / "logged.json",
+                          "--output", tmp_path / "logged.html")
     assert code == 0, err
     assert "warning: the versions were trained on different data" in err
+    page = (tmp_path / "logged.html").read_text()
+    assert "trained on different data" in page and "Out-of-fold predictions (logged by training)" in page
+    assert page.count('src="data:image/png;base64,') == 3  # CV metrics + each version's logged OOF plot
     logged = json.loads((tmp_path / "logged.json").read_text())
     assert logged["mode"] == "logged" and [m["n"] for m in logged["models"]] == [200, 300]
     assert logged["pairs"][0]["comparable"] is False and logged["pairs"][0]["p_value"] is None
