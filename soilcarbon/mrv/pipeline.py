@@ -45,28 +45,29 @@ def load(samples, predictions=None, fields=None, *, measured: str | None = None,
         used_unit = unit
     else:
         pred_table = tables.read_predictions(predictions)
-        uris = sorted({u for u in pred_table["model_uri"] if u})
+        joined = tables.join_predictions(sample_table, pred_table, exclude_out_of_domain=exclude_out_of_domain,
+                                         allow_mixed_models=allow_mixed_models, samples_source=str(samples))
+        uris = sorted({u for u in joined.layers["model_uri"] if u})
         if not uris and unit is None:
             raise SoilCarbonError(f"{predictions}: no model_uri column; pass --unit % or --unit g/kg")
-        units = set()
-        for uri in uris:
-            from soilcarbon.training.tracking import model_version_info
+        from soilcarbon.training.tracking import model_version_info
 
+        for uri in uris:
             info = model_version_info(uri)
-            units.add(info["unit"])
             models[uri] = {"unit": info["unit"], "residuals": info["residuals"]}
         if unit is None:
+            units = sorted({info["unit"] for info in models.values()})
             if len(units) > 1:
                 raise SoilCarbonError(f"{predictions}: the model versions have different target units "
-                                      f"({', '.join(sorted(units))}); score with one unit or pass --unit")
-            unit = next(iter(units))
-            if unit not in tables.UNITS:
-                raise SoilCarbonError(f"{predictions}: model {uris[0]} has target unit {unit or '(none)'!r}, not % or "
-                                      "g/kg; pass --unit % or --unit g/kg")
-        factor = tables.soc_unit_factor(unit, predictions)
+                                      f"({', '.join(units)}); score with one unit or pass --unit")
+            if units[0] not in tables.UNITS:
+                raise SoilCarbonError(f"{predictions}: model {uris[0]} has target unit {units[0] or '(none)'!r}, "
+                                      "not % or g/kg; pass --unit % or --unit g/kg")
+            unit = units[0]
+        factor = tables.soc_unit_factor(unit, str(predictions))
         used_unit = unit
-        joined = tables.join_predictions(sample_table, pred_table, factor, exclude_out_of_domain=exclude_out_of_domain,
-                                         allow_mixed_models=allow_mixed_models, samples_source=str(samples))
+        for column in ("soc", "sd_low", "sd_high"):
+            joined.layers[column] = joined.layers[column] * factor
         for uri, info in models.items():
             info["shared_sd_percent"] = stocks.shared_bias_sd(info.pop("residuals")) * factor
     shared = {uri: info["shared_sd_percent"] for uri, info in models.items()}

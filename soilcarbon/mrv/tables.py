@@ -180,10 +180,11 @@ def interval_sds(prediction, lower, upper, level) -> tuple[np.ndarray, np.ndarra
     return low, high
 
 
-def join_predictions(samples: pd.DataFrame, predictions: pd.DataFrame, factor: float, *,
+def join_predictions(samples: pd.DataFrame, predictions: pd.DataFrame, factor: float = 1.0, *,
                      exclude_out_of_domain: bool = False, allow_mixed_models: bool = False,
                      samples_source: str = "samples") -> Joined:
-    """Join predictions to layers by ``sample_id``; SOC, its interval and errors converted to %."""
+    """Join predictions to layers by ``sample_id``; SOC and its errors (``soc, sd_low, sd_high``)
+    multiplied by ``factor`` (to %)."""
     source = predictions.attrs.get("source", "predictions")
     missing = sorted(set(samples["sample_id"]) - set(predictions["sample_id"]))
     if missing:
