@@ -172,6 +172,9 @@ def test_stocks_cli_end_to_end(scored, tmp_path, capsys):
     project = result["project"]
     assert [t["campaign"] for t in project["totals"]] == ["baseline", "2027"]
     assert project["totals"][0]["total_t"] == pytest.approx(table.loc[table["campaign"] == "baseline", "total_t"].sum())
+    arable = [t for t in project["strata"] if t["stratum"] == "arable" and t["campaign"] == "baseline"][0]
+    assert arable["area_ha"] == pytest.approx(12.5 + 20.3) and arable["total_t"] == pytest.approx(
+        table.query("campaign == 'baseline' and field in ['north', 'hill']")["total_t"].sum())
     for entry in project["changes"]:
         assert entry["lower_t"] < entry["credited_change_t"] < entry["total_change_t"] < entry["upper_t"]
     assert {c["basis"] for c in result["changes"]} == {"fixed", "esm"}

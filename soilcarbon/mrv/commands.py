@@ -112,7 +112,7 @@ def stocks_command(
     inputs = pipeline.load(samples, predictions, fields, measured=measured, lab_sd=lab_sd, unit=unit, draws=draws,
                            seed=seed, exclude_out_of_domain=exclude_out_of_domain,
                            allow_mixed_models=allow_mixed_models)
-    result = stocks.summarize(inputs.groups, inputs.areas, level, credit_quantile, credit_basis)
+    result = stocks.summarize(inputs.groups, inputs.areas, level, credit_quantile, credit_basis, inputs.strata)
     html_text = None
     if report is not None:
         from soilcarbon.mrv.report import render

@@ -17,6 +17,7 @@ class Inputs:
     layers: pd.DataFrame
     groups: dict
     areas: dict | None
+    strata: dict | None
     models: dict  # uri -> {"unit", "shared_sd_percent", "n_residuals"}
     unit: str
     out_of_domain: list = field(default_factory=list)
@@ -30,10 +31,11 @@ def load(samples, predictions=None, fields=None, *, measured: str | None = None,
     if (predictions is None) == (measured is None):
         raise SoilCarbonError("pass either --predictions PRED.csv or --measured COLUMN (lab values in the samples table)")
     sample_table = tables.read_samples(samples, measured)
-    areas = None
+    areas = strata = None
     if fields is not None:
         field_table = tables.read_fields(fields)
         areas = dict(zip(field_table["field"], field_table["area_ha"]))
+        strata = dict(zip(field_table["field"], field_table["stratum"]))
         without = sorted(set(sample_table["field"]) - set(areas))
         if without:
             raise SoilCarbonError(f"{fields}: {len(without)} field(s) of {samples} have no area_ha (totals need every "
@@ -72,4 +74,4 @@ def load(samples, predictions=None, fields=None, *, measured: str | None = None,
             info["shared_sd_percent"] = stocks.shared_bias_sd(info.pop("residuals")) * factor
     shared = {uri: info["shared_sd_percent"] for uri, info in models.items()}
     groups = stocks.simulate(joined.layers, shared, draws, seed)
-    return Inputs(joined.layers, groups, areas, models, used_unit, joined.out_of_domain, joined.excluded)
+    return Inputs(joined.layers, groups, areas, strata, models, used_unit, joined.out_of_domain, joined.excluded)

@@ -35,7 +35,7 @@ crediting methodologies such as Verra VM0042 credit a conservative percentile of
 def _table(frame: pd.DataFrame) -> str:
     if frame is None or len(frame) == 0:
         return "<p>(none)</p>"
-    return frame.to_html(index=False, float_format=lambda v: f"{v:,.2f}", na_rep="", border=0, classes="t")
+    return frame.to_html(index=False, float_format=lambda v: f"{v:,.2f}" if abs(v) >= 1 else f"{v:.3g}", na_rep="", border=0, classes="t")
 
 
 def _figure(fields: pd.DataFrame) -> str:
@@ -76,7 +76,8 @@ def render(result, inputs, sources: dict) -> str:
         f"{html.escape(str(inputs.unit))}. Level {project['level']:.0%}.</p>",
         "<h2>Inputs</h2><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in sources.items() if v)
         + f"<li>{len(inputs.layers)} layers; {len(inputs.out_of_domain)} out of the model's domain"
-        + (f", excluded ({len(inputs.excluded)})" if inputs.excluded else ", kept") + "</li></ul>",
+        + (f", excluded ({len(inputs.excluded)})" if inputs.excluded else ", kept")
+        + (f": {html.escape(', '.join(inputs.out_of_domain))}" if inputs.out_of_domain else "") + "</li></ul>",
         "<h2>Model versions</h2>" + _table(models),
         "<h2>Field stocks</h2>" + _table(result.fields) + _figure(result.fields),
         "<h2>Changes per field</h2>" + _table(result.changes),
@@ -84,6 +85,8 @@ def render(result, inputs, sources: dict) -> str:
     if "totals" in project:
         parts += ["<h2>Project totals</h2>" + _table(pd.DataFrame(project["totals"])),
                   "<h2>Project change and credited estimate</h2>" + _table(pd.DataFrame(project.get("changes", [])))]
+        if project.get("strata"):
+            parts.append("<h2>Totals per stratum</h2>" + _table(pd.DataFrame(project["strata"])))
     parts += ["<h2>Method</h2>" + METHOD, "</body></html>"]
     return "\n".join(parts)
 

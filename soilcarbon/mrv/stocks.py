@@ -218,8 +218,9 @@ class StockResult:
 
 
 def summarize(groups: dict, areas: dict | None, level: float, credit_quantile: float = 0.10,
-              credit_basis: str = "esm") -> StockResult:
-    """Field table, change table and project totals from :func:`simulate`'s groups."""
+              credit_basis: str = "esm", strata: dict | None = None) -> StockResult:
+    """Field table, change table and project totals (and per stratum, when ``strata`` maps fields
+    to strata) from :func:`simulate`'s groups."""
     if not 0 < credit_quantile < 0.5:
         raise SoilCarbonError(f"--credit-quantile must be between 0 and 0.5, got {credit_quantile:g}")
     rows = []
@@ -235,6 +236,8 @@ def summarize(groups: dict, areas: dict | None, level: float, credit_quantile: f
         rows.append(row)
     fields = pd.DataFrame(rows)
     order = campaign_order(fields["campaign"])
+    fields = fields.sort_values(["field", "campaign"], key=lambda c: c.map(order.index) if c.name == "campaign" else c,
+                                kind="stable").reset_index(drop=True)
     change_rows, project = [], {"level": level, "campaigns": order}
     by_field = {}
     for (name, campaign), group in groups.items():
@@ -263,6 +266,20 @@ def summarize(groups: dict, areas: dict | None, level: float, credit_quantile: f
             project["totals"].append({"campaign": campaign, "fields": len(terms),
                                       "area_ha": float(sum(w for w, _ in terms)), "total_t": est.estimate,
                                       "lower_t": lower, "upper_t": upper})
+        labels = sorted({strata.get(name, "") for name, _ in groups} - {""}) if strata else []
+        if labels:
+            project["strata"] = []
+            for label in labels:
+                for campaign in order:
+                    terms = [(areas[name], g) for (name, c), g in groups.items()
+                             if c == campaign and strata.get(name, "") == label]
+                    if not terms:
+                        continue
+                    est = combine(terms)
+                    lower, upper = est.interval(level)
+                    project["strata"].append({"stratum": label, "campaign": campaign, "fields": len(terms),
+                                              "area_ha": float(sum(w for w, _ in terms)), "total_t": est.estimate,
+                                              "lower_t": lower, "upper_t": upper})
         project["changes"] = []
         for later in order[1:]:
             for basis in ("fixed", "esm"):
