@@ -24,18 +24,18 @@ FIELDS = REPO / "data" / "stock_fields.csv"
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, shared_data):
-    """A PLS model of Ciso (%) registered in MLflow and its predictions of every example sample."""
-    from serving_models import NIR_CONFIG
+    """The shared serving store's PLS model of Ciso (%, registered in a real MLflow store; trained
+    once per session for all serving tests) and its predictions of every example sample."""
+    from serving_models import serving_store
     from threadpoolctl import threadpool_limits
-    from trained_model import train_spectral_model
 
     from soilcarbon.serving.predict import predict_file
 
+    store = serving_store(tmp_path_factory)
     folder = tmp_path_factory.mktemp("stocks")
     with threadpool_limits(1):
-        uri = train_spectral_model(folder, "soc-stocks", n=200, config=NIR_CONFIG)
-        predict_file(uri, folder / "pred.csv", spectra=NIRSOIL_CSV, quiet=True, workers=1)
-    return {"folder": folder, "uri": uri, "pred": folder / "pred.csv"}
+        predict_file(store["nir"], folder / "pred.csv", spectra=NIRSOIL_CSV, quiet=True, workers=1)
+    return {"folder": folder, "uri": store["nir"], "pred": folder / "pred.csv"}
 
 
 def measured_samples(tmp_path, **changes) -> "Path":  # noqa: F821

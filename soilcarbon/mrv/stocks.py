@@ -27,6 +27,8 @@ g(T) = T + κT²/3 + κ²T³/27 + κ/6 is approximately t-distributed, so the bo
 Right-skewed SOC populations thus get longer upper arms; at κ = 0 it is the t-interval.
 Nothing was tuned (no free parameter).
 
+The spread s² of predicted stocks already holds part of the independent prediction errors, so
+adding them again is conservative (as is the t-interval baseline of ``benchmarks/stock_coverage.py``).
 Between campaigns, cores are treated as independent samples (new locations each campaign).
 """
 
@@ -41,7 +43,7 @@ from scipy import stats
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.mrv.esm import esm_carbon
 
-BATCH = 250  # Monte Carlo draws per batch (bounds memory to batch × layers)
+BATCH_VALUES = 1_000_000  # Monte Carlo values per array and batch (draws × layers): bounds memory
 
 
 def layer_stock(soc_percent, bulk_density, thickness_cm, coarse_fraction=0.0):
@@ -175,8 +177,9 @@ def simulate(layers: pd.DataFrame, shared_sd: dict, draws: int, seed: int | None
     sds = np.array([0.0] + [shared_sd.get(u, 0.0) for u in uris])
     rng = np.random.default_rng(seed)
     fixed_draws, esm_draws = [], []
-    for start in range(0, draws, BATCH):
-        b = min(BATCH, draws - start)
+    batch = max(1, min(draws, BATCH_VALUES // max(len(layers), 1)))
+    for start in range(0, draws, batch):
+        b = min(batch, draws - start)
         e = rng.standard_normal((b, len(layers)))
         bias = rng.standard_normal((b, len(sds))) * sds
         s = soc + np.where(e < 0, e * layers["sd_low"].to_numpy(), e * layers["sd_high"].to_numpy()) + bias[:, model_index]
