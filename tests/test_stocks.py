@@ -5,6 +5,7 @@ data/nirsoil_train.csv) scored by a real PLS model registered in a real MLflow s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,7 @@ def scored(tmp_path_factory, shared_data):
     return {"folder": folder, "uri": store["nir"], "pred": folder / "pred.csv"}
 
 
-def measured_samples(tmp_path, **changes) -> "Path":  # noqa: F821
+def measured_samples(tmp_path, **changes) -> Path:
     """The example samples with the lab carbon of each soil (``soc_lab``, %) for --measured runs."""
     table = pd.read_csv(SAMPLES)
     lab = pd.read_csv(NIRSOIL_CSV, usecols=["sample_id", "Ciso"])
@@ -248,11 +249,10 @@ def test_bad_samples_give_one_error_line_and_no_output(tmp_path, capsys, column,
     assert not out.exists() and list(tmp_path.iterdir()) == [path]
 
 
-def test_unknown_unit_and_field_without_area(tmp_path, capsys):
+def test_unknown_unit_and_field_without_area(tmp_path, capsys, run_cli):
     path = measured_samples(tmp_path)
     out = tmp_path / "stocks.csv"
-    code, _, err = cli_in_process(capsys, "stocks", "--samples", path, "--measured", "soc_lab", "--unit", "mg/kg",
-                                  "--output", out)
+    code, _, err = run_cli("stocks", "--samples", path, "--measured", "soc_lab", "--unit", "mg/kg", "--output", out)
     assert code == 2 and "unit 'mg/kg' is not known" in only_error_line(err)
     fields = tmp_path / "fields.csv"
     pd.read_csv(FIELDS).iloc[:2].to_csv(fields, index=False)
