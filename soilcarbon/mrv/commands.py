@@ -64,8 +64,8 @@ def _warn_domain(inputs) -> None:
     if inputs.out_of_domain:
         ids = ", ".join(inputs.out_of_domain[:SHOW]) + (f" and {len(inputs.out_of_domain) - SHOW} more"
                                                          if len(inputs.out_of_domain) > SHOW else "")
-        what = "excluded (--exclude-out-of-domain)" if inputs.excluded else \
-            "kept (pass --exclude-out-of-domain to drop them)"
+        what = (f"excluded with their cores ({len(inputs.excluded)} samples dropped, --exclude-out-of-domain)"
+                if inputs.excluded else "kept (pass --exclude-out-of-domain to drop them with their cores)")
         sys.stderr.write(f"warning: {len(inputs.out_of_domain)} sample(s) outside the model's domain, {what}: {ids}\n")
 
 

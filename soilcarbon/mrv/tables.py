@@ -212,8 +212,11 @@ def join_predictions(samples: pd.DataFrame, predictions: pd.DataFrame, factor: f
     outside = layers.loc[~layers["in_domain"], "sample_id"].tolist()
     excluded = []
     if exclude_out_of_domain and outside:
-        excluded = outside
-        layers = layers[layers["in_domain"]].reset_index(drop=True)
+        # a core is dropped whole: without one of its layers its stock would cover a shallower depth
+        key = layers["campaign"].astype(str) + "\x00" + layers["core"].astype(str)
+        drop = key.isin(set(key[~layers["in_domain"]]))
+        excluded = layers.loc[drop, "sample_id"].tolist()
+        layers = layers[~drop].reset_index(drop=True)
         if layers.empty:
             raise SoilCarbonError(f"{source}: every sample is out of the model's domain; nothing left to compute")
     low, high = interval_sds(layers["prediction"], layers["lower"], layers["upper"], layers["level"])
