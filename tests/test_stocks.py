@@ -176,6 +176,7 @@ def test_stocks_cli_end_to_end(scored, tmp_path, capsys):
     arable = [t for t in project["strata"] if t["stratum"] == "arable" and t["campaign"] == "baseline"][0]
     assert arable["area_ha"] == pytest.approx(12.5 + 20.3) and arable["total_t"] == pytest.approx(
         table.query("campaign == 'baseline' and field in ['north', 'hill']")["total_t"].sum())
+    assert [e["basis"] for e in project["changes"] if e["credited"]] == ["esm"]  # the default basis
     for entry in project["changes"]:
         assert entry["lower_t"] < entry["credited_change_t"] < entry["total_change_t"] < entry["upper_t"]
     assert {c["basis"] for c in result["changes"]} == {"fixed", "esm"}

@@ -140,7 +140,7 @@ def stocks_command(
         typer.echo(f"{row.field} {row.campaign}: {row.stock_t_ha:.1f} t C/ha [{row.lower_t_ha:.1f}, "
                    f"{row.upper_t_ha:.1f}] ({row.n} cores)")
     for entry in result.project.get("changes", []):
-        if entry["credit_basis"]:
+        if entry["credited"]:
             typer.echo(f"project {entry['from']} -> {entry['to']} ({entry['basis']}): {entry['total_change_t']:.1f} t C "
                        f"[{entry['lower_t']:.1f}, {entry['upper_t']:.1f}], credited ({entry['credit_quantile']:g} "
                        f"quantile) {entry['credited_change_t']:.1f} t C")

@@ -301,6 +301,6 @@ def summarize(groups: dict, areas: dict | None, level: float, credit_quantile: f
                          "credit_quantile": credit_quantile}
                 entry["credited_change_t"] = total.bound(credit_quantile)
                 entry["credited_change_t_co2e"] = entry["credited_change_t"] * 44.0 / 12.0
-                entry["credit_basis"] = basis == credit_basis
+                entry["credited"] = basis == credit_basis
                 project["changes"].append(entry)
     return StockResult(fields, changes, project)
