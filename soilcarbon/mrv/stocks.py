@@ -2,7 +2,7 @@
 project totals, with intervals a verifier can check.
 
 Per layer: stock [t C/ha] = SOC [%] × bulk density [g/cm³] × thickness [cm] × (1 − coarse
-fraction) (IPCC 2006 Guidelines, vol. 4 ch. 2, eq. 2.23 with the coarse-fragment correction of
+fraction) (IPCC 2006 Guidelines, vol. 4 ch. 2, with the coarse-fragment correction of
 Poeplau, Vos & Don 2017, SOIL 3:61-66); g/kg is divided by 10 first; the layers of a core add up.
 A field's stock is the arithmetic mean of its cores' stocks.
 
