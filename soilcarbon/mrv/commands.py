@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import pandas as pd
 import typer
 
 from soilcarbon.errors import SoilCarbonError
@@ -23,6 +21,8 @@ SHOW = 5
 
 
 def _clean(value):
+    import numpy as np
+
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -36,11 +36,11 @@ def _clean(value):
     return value
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
+def _records(frame) -> list[dict]:
     return _clean(frame.to_dict("records")) if len(frame) else []
 
 
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+def _write_csv(path: Path, frame) -> None:
     from soilcarbon.atomic import atomic_path
 
     with atomic_path(path) as tmp:
@@ -163,6 +163,8 @@ def plan_command(
     allow_mixed_models: bool = typer.Option(False, "--allow-mixed-models", help="Allow several model versions in one field."),
 ):
     """Cores per field needed for a field-mean interval of the wanted half-width, from a pilot campaign."""
+    import pandas as pd
+
     from soilcarbon.mrv import pipeline
     from soilcarbon.mrv.plan import parse_halfwidth, plan
 
