@@ -274,6 +274,7 @@ def test_prediction_mismatches_and_mixed_models(scored, tmp_path, capsys):
         (pd.concat([pred, pred.iloc[:1].assign(sample_id="extra-1")]), "not in the samples table", "extra-1"),
         (pred.assign(model_uri=np.where(np.arange(len(pred)) % 2, scored["uri"], "models:/other/1")),
          "several model versions", "--allow-mixed-models"),
+        (pred.assign(model_uri="runs:/0123/model"), "is not a registered model version", "out-of-fold residuals"),
     ]
     for i, (table, first, second) in enumerate(cases):
         path = tmp_path / f"pred{i}.csv"
