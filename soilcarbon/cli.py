@@ -38,6 +38,9 @@ def _register_all() -> None:
     from soilcarbon.evaluation import commands as evaluation_commands
 
     evaluation_commands.register(app)
+    from soilcarbon.mrv import commands as mrv_commands
+
+    mrv_commands.register(app)
 
 
 _register_all()

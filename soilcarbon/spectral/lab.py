@@ -24,8 +24,9 @@ def _ids_text(ids, limit: int = 5) -> str:
     return ", ".join(ids[:limit]) + more
 
 
-def read_lab(path, id_col: str = "sample_id") -> pd.DataFrame:
-    """Read a lab table; ids become stripped strings, other columns keep their types.
+def read_lab(path, id_col: str = "sample_id", noun: str = "lab") -> pd.DataFrame:
+    """Read a lab table (or another table keyed by sample id, named ``noun`` in messages); ids
+    become stripped strings, other columns keep their types.
 
     The frame's ``attrs["source"]`` holds the path, used in later error messages.
     """
@@ -33,28 +34,28 @@ def read_lab(path, id_col: str = "sample_id") -> pd.DataFrame:
 
     path = Path(path)
     if not path.exists():
-        raise SoilCarbonError(f"{path}: no such file; check the lab table path")
+        raise SoilCarbonError(f"{path}: no such file; check the {noun} table path")
     if not path.is_file():
-        raise SoilCarbonError(f"{path}: not a file; pass the lab table (CSV)")
+        raise SoilCarbonError(f"{path}: not a file; pass the {noun} table (CSV)")
     if path.stat().st_size == 0:
-        raise SoilCarbonError(f"{path}: the lab table is empty; it needs a header row and one row per sample")
+        raise SoilCarbonError(f"{path}: the {noun} table is empty; it needs a header row and one row per sample")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             lab = pd.read_parquet(path)
         else:
             lab = pd.read_csv(path, sep=_sniff_delimiter(path), dtype={id_col: str}, keep_default_na=True)
     except pd.errors.EmptyDataError as exc:
-        raise SoilCarbonError(f"{path}: the lab table is empty; it needs a header row and one row per sample") from exc
+        raise SoilCarbonError(f"{path}: the {noun} table is empty; it needs a header row and one row per sample") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
         text = " ".join(str(exc).split())
-        raise SoilCarbonError(f"{path}: cannot read the lab table ({text}); save it as a UTF-8 CSV") from exc
+        raise SoilCarbonError(f"{path}: cannot read the {noun} table ({text}); save it as a UTF-8 CSV") from exc
     lab.columns = [str(c).strip() for c in lab.columns]
     if id_col not in lab.columns:
         raise SoilCarbonError(
-            f"{path}: id column {id_col!r} not found in the lab table (columns: {_ids_text(lab.columns)}); "
+            f"{path}: id column {id_col!r} not found in the {noun} table (columns: {_ids_text(lab.columns)}); "
             "pass the id column name"
         )
-    lab[id_col] = checked_ids(lab, id_col, str(path), "lab")
+    lab[id_col] = checked_ids(lab, id_col, str(path), noun)
     lab.attrs["source"] = str(path)
     return lab
 

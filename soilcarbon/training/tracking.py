@@ -211,3 +211,34 @@ def promote(name: str, version: str, alias: str = "champion") -> None:
     except MlflowException as exc:
         raise SoilCarbonError(f"model {name!r} has no version {version}; see `soilcarbon models list`") from exc
     client.set_registered_model_alias(name, alias, str(version))
+
+
+def model_version_info(uri: str) -> dict:
+    """What later steps need to know about a registered model version: ``{"uri", "name",
+    "version", "target", "unit", "residuals"}``, where ``unit`` is the registered target unit
+    (``""`` when the version was registered without one) and ``residuals`` the out-of-fold
+    residuals (observed − predicted) logged as ``cv/oof_predictions.csv`` by :func:`log_training`."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from soilcarbon.serving.predict import resolve_model_uri
+
+    client = configure()
+    resolved, name, version = resolve_model_uri(uri, client)
+    if name is None:
+        raise SoilCarbonError(f"model {uri!r} is not a registered model version (models:/NAME/VERSION); its "
+                              "target unit and out-of-fold residuals are read from the registry")
+    mv = client.get_model_version(name, version)
+    unit = mv.tags.get("unit", "")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="cv/oof_predictions.csv",
+                                                       dst_path=tmp)
+            oof = pd.read_csv(path)
+    except (MlflowException, OSError) as exc:
+        raise SoilCarbonError(f"model {resolved}: its run {mv.run_id} has no cv/oof_predictions.csv artifact "
+                              "(out-of-fold residuals); retrain it with `soilcarbon train`") from exc
+    residuals = (oof["observed"] - oof["prediction"]).to_numpy(dtype=float)
+    return {"uri": resolved, "name": name, "version": version, "target": mv.tags.get("target", ""),
+            "unit": "" if unit == "unspecified" else unit, "residuals": residuals[np.isfinite(residuals)]}
