@@ -57,6 +57,7 @@ sample selection of spectroscopic data. R package.
 
 from __future__ import annotations
 
+import functools
 from numbers import Integral, Real
 
 import numpy as np
@@ -122,6 +123,25 @@ def _check_metric(metric: str) -> str:
     return metric
 
 
+def _one_blas_thread():
+    """Small BLAS calls in loops (matrix-vector products, a 700 x 700 eigh) run several times
+    faster on one thread than on threads that wait for busy cores."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _one_thread(func):
+    """Run ``func`` with :func:`_one_blas_thread` (the selection loops are matrix-vector products)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with _one_blas_thread():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 def _block(n_cols: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(1, n_cols))
 
@@ -154,7 +174,9 @@ def whiten(X, reference=None) -> tuple[np.ndarray, np.ndarray | None]:
     blocks = [X] if R is None else [X, R]
     total = sum(M.shape[0] for M in blocks)
     mean = sum(M.sum(axis=0) for M in blocks) / total
-    values, vectors = np.linalg.eigh(_covariance(blocks, mean, total))
+    cov = _covariance(blocks, mean, total)
+    with _one_blas_thread():
+        values, vectors = np.linalg.eigh(cov)
     keep = values > max(values.max(), 0.0) * _RANK_TOLERANCE
     if not keep.any():
         raise SoilCarbonError("all samples are identical: there is no spread to select from")
@@ -198,17 +220,15 @@ def pca_space(X, n_components=None, *, reference=None, snv: bool = True, varianc
             yield transform(M[start:start + step])
 
     total = sum(M.shape[0] for M in blocks)
-    mean = np.zeros(p)
-    for M in blocks:
+    sums, cross = np.zeros(p), np.zeros((p, p))
+    for M in blocks:  # one pass: sums and cross-products (SNV rows are of unit scale: no cancellation worth a pass)
         for part in pieces(M):
-            mean += part.sum(axis=0)
-    mean /= total
-    cov = np.zeros((p, p))
-    for M in blocks:
-        for part in pieces(M):
-            part = part - mean
-            cov += part.T @ part
-    values, vectors = np.linalg.eigh(cov / max(total - 1, 1))
+            sums += part.sum(axis=0)
+            cross += part.T @ part
+    mean = sums / total
+    cov = (cross - total * np.outer(mean, mean)) / max(total - 1, 1)
+    with _one_blas_thread():
+        values, vectors = np.linalg.eigh(cov)
     values, vectors = values[::-1].clip(min=0), vectors[:, ::-1]
     share = np.cumsum(values) / values.sum() if values.sum() > 0 else np.ones_like(values)
     rank = int((values > values[0] * _RANK_TOLERANCE).sum()) if values[0] > 0 else 0
@@ -227,8 +247,10 @@ def pca_space(X, n_components=None, *, reference=None, snv: bool = True, varianc
     k = max(1, min(k, rank))
     components = vectors[:, :k]
 
+    offset = mean @ components
+
     def scores(M):
-        return np.vstack([(part - mean) @ components for part in pieces(M)])
+        return np.vstack([part @ components - offset for part in pieces(M)])
 
     return scores(X) if R is None else (scores(X), scores(R))
 
@@ -277,6 +299,7 @@ def _sq_dist_to_set(Z: np.ndarray, sq: np.ndarray, S: np.ndarray) -> np.ndarray:
     return best
 
 
+@_one_thread
 def farthest_pair(Z, rows=None) -> tuple[int, int]:
     """The two rows of ``Z`` farthest apart (Euclidean), exactly, without a distance matrix.
 
@@ -328,6 +351,7 @@ def farthest_pair(Z, rows=None) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------- selectors
+@_one_thread
 def kennard_stone(X, n, *, include=None, reference=None, metric: str = "mahalanobis",
                   start: str = "pair") -> np.ndarray:
     """Kennard–Stone selection (Kennard & Stone 1969) of ``n`` rows of ``X``, in selection order.
@@ -378,6 +402,7 @@ def kennard_stone(X, n, *, include=None, reference=None, metric: str = "mahalano
     return np.asarray(chosen[:n], dtype=np.int64)
 
 
+@_one_thread
 def duplex(X, n, *, metric: str = "mahalanobis", return_test: bool = False):
     """DUPLEX (Snee 1977), as prospectr's ``duplex``: ``n`` calibration rows in selection order.
 
@@ -431,6 +456,7 @@ def _puchwein_pass(Z: np.ndarray, sq: np.ndarray, order: np.ndarray, limit_sq: f
     return kept
 
 
+@_one_thread
 def puchwein(X, n, *, metric: str = "mahalanobis", tolerance: float = 1e-6) -> np.ndarray:
     """Puchwein (1988) selection, as prospectr's ``puchwein``: ``n`` rows by decreasing leverage.
 
@@ -446,6 +472,8 @@ def puchwein(X, n, *, metric: str = "mahalanobis", tolerance: float = 1e-6) -> n
     order = np.argsort(-sq, kind="stable")
     low, high = 0.0, 2.0 * float(np.sqrt(sq.max())) + 1e-12  # low always keeps n (d = 0 keeps all)
     best = _puchwein_pass(Z, sq, order, 0.0, n)
+    if len(best) < n:
+        raise SoilCarbonError(f"only {len(best)} of the samples are distinct; cannot select {n} by Puchwein")
     while high - low > tolerance * high:
         middle = 0.5 * (low + high)
         kept = _puchwein_pass(Z, sq, order, middle * middle, n)
