@@ -78,7 +78,8 @@ def _matrix(X, name: str = "X") -> np.ndarray:
         raise SoilCarbonError(f"{name} must be a 2-D matrix (one sample a row), got {X.ndim} dimension(s)")
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise SoilCarbonError(f"{name} is empty (shape {X.shape})")
-    bad = ~np.isfinite(X).all(axis=1)
+    step = _block(X.shape[1])
+    bad = np.concatenate([~np.isfinite(X[a:a + step]).all(axis=1) for a in range(0, X.shape[0], step)])
     if bad.any():
         rows = np.flatnonzero(bad)
         more = f" and {rows.size - 5} more" if rows.size > 5 else ""
