@@ -216,6 +216,8 @@ def small_table(corn_m5):
     ("duplex_too_many", "DUPLEX fills a calibration and a test set of 7 each"),
     ("library_with_clhs", "only be spiked with --method kennard-stone"),
     ("bad_method", "unknown method 'random'"),
+    ("covariates_unused", "a covariates table is only used with --space covariates (got --space pca)"),
+    ("covariates_missing_row", "no covariates for sample(s) corn-12"),
 ])
 def test_errors_give_one_line_and_no_output(tmp_path, capsys, small_table, case, expected):
     table = small_table.copy()
@@ -241,6 +243,10 @@ def test_errors_give_one_line_and_no_output(tmp_path, capsys, small_table, case,
         args = ["--n", 3, "--method", "clhs", "--library", spectra]
     elif case == "bad_method":
         args = ["--n", 3, "--method", "random"]
+    elif case in ("covariates_unused", "covariates_missing_row"):
+        pd.DataFrame({"sample_id": table["sample_id"][:11], "elevation": np.arange(11.0)}).to_csv(
+            tmp_path / "cov.csv", index=False)
+        args = ["--n", 3, "--covariates", tmp_path / "cov.csv"] + (["--space", "pca"] if case == "covariates_unused" else [])
     table.to_csv(spectra, index=False)
     output = tmp_path / "ids.csv"
     code, _, err = cli_in_process(capsys, "select", "--spectra", spectra, "--output", output, *args)

@@ -79,9 +79,10 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
                    random_state=0, covariates_source: str = "covariates") -> Selection:
     """Choose ``n`` samples; returns a :class:`Selection` whose ``table`` has ``id_col, rank``.
 
-    - ``space``: ``"pca"`` (default with spectra; :func:`~soilcarbon.lab.selection.pca_space`:
+    - ``space``: ``"pca"`` (default without covariates; :func:`~soilcarbon.lab.selection.pca_space`:
       SNV, PCA explaining 99 % of the variance, at most 20 components), ``"spectra"`` (the
-      spectra as given), ``"covariates"`` (default without spectra; the covariate columns).
+      spectra as given), ``"covariates"`` (default with covariates: every column of the table but
+      the id; with spectra too, the spectra's ids are the candidates and each needs a row).
     - ``metric``: ``"mahalanobis"`` (default in the PCA and covariate spaces) or
       ``"euclidean"`` (default for raw spectra, whose covariance is singular).
     - ``include``: ids chosen first, in their order (``n`` counts them).
@@ -92,13 +93,16 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
         raise SoilCarbonError(f"unknown method {method!r}; use {', '.join(METHODS)}")
     if spectra is None and covariates is None:
         raise SoilCarbonError("give spectra, covariates or both")
-    space = space or ("pca" if spectra is not None else "covariates")
+    space = space or ("covariates" if covariates is not None else "pca")
     if space not in SPACES:
         raise SoilCarbonError(f"unknown space {space!r}; use {', '.join(SPACES)}")
     if space in ("pca", "spectra") and spectra is None:
         raise SoilCarbonError(f"--space {space} needs spectra")
     if space == "covariates" and covariates is None:
         raise SoilCarbonError("--space covariates needs a covariates table")
+    if space != "covariates" and covariates is not None:
+        raise SoilCarbonError(f"a covariates table is only used with --space covariates (got --space {space}); "
+                              "drop one of them")
     if metric is None:
         metric = "euclidean" if space == "spectra" else "mahalanobis"
     if metric not in selection.METRICS:
@@ -223,7 +227,7 @@ def select_command(
     output: Path = typer.Option(..., "--output", help="CSV to write: sample_id, rank (1 = chosen first)."),
     method: str = typer.Option("kennard-stone", "--method", help="kennard-stone | duplex | puchwein | clhs."),
     space: Optional[str] = typer.Option(None, "--space",
-                                        help="pca (default with spectra) | spectra | covariates (default without)."),
+                                        help="pca (default) | spectra | covariates (default with --covariates)."),
     covariates: Optional[Path] = typer.Option(None, "--covariates", help="Per-sample covariates table joined by id."),
     include: Optional[Path] = typer.Option(None, "--include", help="CSV of ids that enter the selection first."),
     library: Optional[Path] = typer.Option(None, "--library", help="Spectra of an existing calibration library."),
