@@ -122,6 +122,17 @@ def test_default_command_is_prospectr_mahalanobis_ks_in_pca_space(tmp_path, caps
     assert chosen["sample_id"].tolist() == corn_m5.ids[expected].tolist()
 
 
+def test_spectra_space_is_euclidean_ks_on_the_spectra_as_given(corn_m5):
+    from soilcarbon.lab.select_commands import select_samples
+
+    result = select_samples(corn_m5, 10, space="spectra")
+    assert (result.space, result.metric, result.n_features) == ("spectra", "euclidean", 700)
+    D = cdist(corn_m5.values, corn_m5.values)
+    expected = brute_ks(D, 10, brute_pair(D, corn_m5.values))
+    assert result.table["sample_id"].tolist() == corn_m5.ids[expected].tolist()
+    assert result.table["rank"].tolist() == list(range(1, 11))
+
+
 # ---------------------------------------------------------------------------- include / library
 def test_include_enters_first_and_the_rest_is_chosen_around_it(tmp_path, capsys, corn_dir, corn_m5):
     include = tmp_path / "measured.csv"
@@ -266,11 +277,12 @@ def test_library_functions_refuse_bad_input():
         kennard_stone(np.ones((4, 3)), 2)
 
 
-def test_real_subprocess_writes_the_table_and_the_plot(run_cli, tmp_path, nirsoil_csv):
+def test_real_subprocess_writes_the_table_and_the_plot(run_cli, tmp_path, corn_dir):
     output, plot = tmp_path / "ids.csv", tmp_path / "selection.png"
-    code, out, err = run_cli("select", "--spectra", nirsoil_csv, "--n", 30, "--output", output, "--plot", plot)
+    code, out, err = run_cli("select", "--spectra", corn_dir / "corn_mp6.csv", "--n", 30, "--output", output,
+                             "--plot", plot)
     assert code == 0, err
     table = pd.read_csv(output)
-    assert len(table) == 30 and table["sample_id"].is_unique and table["sample_id"].str.startswith("NIRsoil-").all()
+    assert len(table) == 30 and table["sample_id"].is_unique and table["sample_id"].str.startswith("corn-").all()
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.splitlines()[-1] == f"selection: {output}"

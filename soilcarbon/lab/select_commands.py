@@ -205,8 +205,9 @@ def plot_selection(result: Selection, path, title: str | None = None) -> Path:
                  label=f"selected ({len(chosen)})")
     for rank, (x, y) in enumerate(chosen[:30], start=1):
         axes.annotate(str(rank), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes.set_xlabel("axis 1")
-    axes.set_ylabel("axis 2")
+    what = "principal axis" if result.space == "pca" else f"{result.space}: principal axis"
+    axes.set_xlabel(f"{what} 1")
+    axes.set_ylabel(f"{what} 2")
     axes.set_title(title or f"{result.method} in the {result.space} space")
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
