@@ -227,6 +227,7 @@ def small_table(corn_m5):
     ("duplex_too_many", "DUPLEX fills a calibration and a test set of 7 each"),
     ("library_with_clhs", "only be spiked with --method kennard-stone"),
     ("bad_method", "unknown method 'random'"),
+    ("flat", "flat spectrum (all values equal) in sample(s) corn-08"),
     ("covariates_unused", "a covariates table is only used with --space covariates (got --space pca)"),
     ("covariates_missing_row", "no covariates for sample(s) corn-12"),
 ])
@@ -244,6 +245,8 @@ def test_errors_give_one_line_and_no_output(tmp_path, capsys, small_table, case,
         table.loc[5, "sample_id"] = "corn-03"
     elif case == "nan":
         table.iloc[3, 10] = np.nan
+    elif case == "flat":
+        table.iloc[7, 1:] = 0.25
     elif case in ("unknown_include", "include_too_many"):
         ids = ["corn-01", "corn-77"] if case == "unknown_include" else ["corn-01", "corn-02", "corn-03"]
         pd.DataFrame({"sample_id": ids}).to_csv(tmp_path / "inc.csv", index=False)
@@ -275,6 +278,10 @@ def test_library_functions_refuse_bad_input():
         puchwein(LINE, 6)
     with pytest.raises(SoilCarbonError, match="all samples are identical"):
         kennard_stone(np.ones((4, 3)), 2)
+    spectra = np.random.default_rng(0).normal(size=(6000, 5))
+    spectra[5000] = 1.0
+    with pytest.raises(SoilCarbonError, match="X row 5000 is a flat spectrum"):
+        pca_space(spectra)
 
 
 def test_real_subprocess_writes_the_table_and_the_plot(run_cli, tmp_path, corn_dir):

@@ -148,6 +148,12 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
     if library is not None:
         library = library.align(spectra.axis, spectra.unit)
     if space == "pca":
+        for what in (spectra, library):
+            if what is not None:
+                flat = np.flatnonzero(what.values.max(axis=1) == what.values.min(axis=1))
+                if flat.size:
+                    raise SoilCarbonError(f"{what.source or 'spectra'}: flat spectrum (all values equal) in "
+                                          f"sample(s) {_ids_text(what.ids[flat])}; SNV cannot scale it, remove it")
         if library is not None:
             X, reference = selection.pca_space(spectra.values, n_components, reference=library.values)
         else:

@@ -218,7 +218,14 @@ def pca_space(X, n_components=None, *, reference=None, snv: bool = True, varianc
 
     def pieces(M):
         for start in range(0, M.shape[0], step):
-            yield transform(M[start:start + step])
+            block = M[start:start + step]
+            if snv:
+                flat = np.flatnonzero(block.max(axis=1) == block.min(axis=1))
+                if flat.size:
+                    which = "X" if M is X else "reference"
+                    raise SoilCarbonError(f"{which} row {start + flat[0]} is a flat spectrum (all values equal): "
+                                          "SNV cannot scale it; remove it")
+            yield transform(block)
 
     total = sum(M.shape[0] for M in blocks)
     sums, cross = np.zeros(p), np.zeros((p, p))
