@@ -228,6 +228,7 @@ def small_table(corn_m5):
     ("library_with_clhs", "only be spiked with --method kennard-stone"),
     ("bad_method", "unknown method 'random'"),
     ("flat", "flat spectrum (all values equal) in sample(s) corn-08"),
+    ("library_narrow", "the library covers 1100-2000 nm but the candidates"),
     ("covariates_unused", "a covariates table is only used with --space covariates (got --space pca)"),
     ("covariates_missing_row", "no covariates for sample(s) corn-12"),
 ])
@@ -255,6 +256,9 @@ def test_errors_give_one_line_and_no_output(tmp_path, capsys, small_table, case,
         args = ["--n", 7, "--method", "duplex"]
     elif case == "library_with_clhs":
         args = ["--n", 3, "--method", "clhs", "--library", spectra]
+    elif case == "library_narrow":
+        table[["sample_id", *[str(w) for w in range(1100, 2002, 2)]]].to_csv(tmp_path / "lib.csv", index=False)
+        args = ["--n", 3, "--library", tmp_path / "lib.csv"]
     elif case == "bad_method":
         args = ["--n", 3, "--method", "random"]
     elif case in ("covariates_unused", "covariates_missing_row"):

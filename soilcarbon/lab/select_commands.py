@@ -146,6 +146,16 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
 
     reference = None
     if library is not None:
+        from soilcarbon.spectral.spectra import convert_axis, format_axis_value
+
+        own = convert_axis(library.axis, library.unit, spectra.unit)
+        step = float(np.min(np.abs(np.diff(own))))
+        if spectra.axis.min() < own.min() - step or spectra.axis.max() > own.max() + step:
+            raise SoilCarbonError(
+                f"{library.source or 'library'}: the library covers {format_axis_value(own.min())}-"
+                f"{format_axis_value(own.max())} {spectra.unit} but the candidates {source} cover "
+                f"{format_axis_value(spectra.axis.min())}-{format_axis_value(spectra.axis.max())} {spectra.unit}; "
+                "a library must cover the candidates' range to be compared with them")
         library = library.align(spectra.axis, spectra.unit)
     if space == "pca":
         for what in (spectra, library):
