@@ -41,6 +41,9 @@ def _register_all() -> None:
     from soilcarbon.mrv import commands as mrv_commands
 
     mrv_commands.register(app)
+    from soilcarbon.lab import select_commands
+
+    select_commands.register(app)
 
 
 _register_all()
