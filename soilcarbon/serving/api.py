@@ -36,12 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.serving import web
 from soilcarbon.serving.predict import ServedModel, check_level, load_model, predict_spectra
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1000
 API_KEY_ENV = "SOILCARBON_API_KEY"
-OPEN_PATHS = ("/healthz",)
+OPEN_PATHS = ("/healthz", *web.OPEN_PATHS)  # the web page shells and assets hold no data
 
 
 # ============================================================================ request / response models
@@ -346,6 +347,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
             state["model"] = fresh
         return {"model_uri": fresh.uri, "previous_model_uri": current.uri, "changed": fresh.uri != current.uri}
 
+    web.install(app, needs_key=api_key is not None)  # the web page at /
     return app
 
 
