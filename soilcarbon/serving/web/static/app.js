@@ -52,7 +52,9 @@ async function loadFragment(element) {
     showMessage(errorText(answer.status, body), answer.status);
     return false;
   }
+  const chosen = target.tagName === "SELECT" ? target.value : null;
   target.innerHTML = body;
+  if (chosen && [...target.options].some((o) => o.value === chosen)) target.value = chosen;  // a reload keeps the choice
   element.dataset.loaded = "true";
   return true;
 }
