@@ -112,10 +112,12 @@ def wait_for(driver, condition, timeout: float = 60, what: str = "the page"):
 
 
 def open_page(driver, url: str, key: str = API_KEY) -> None:
-    """Open a page and give it the key (the page keeps it for the tab)."""
+    """Open a page and give it the key unless the tab already has it (the page asks once)."""
     from selenium.webdriver.common.by import By
 
     driver.get(url)
+    if driver.execute_script("return sessionStorage.getItem('soilcarbon-api-key')") == key:
+        return
     field = driver.find_element(By.ID, "api-key")
     field.clear()
     field.send_keys(key)
@@ -156,6 +158,17 @@ def page_message(driver) -> tuple[int, str]:
                                 "return m.hidden ? null : [m.dataset.status, m.textContent]")
     assert box is not None, "no message on the page"
     return int(box[0] or 0), box[1]
+
+
+def screenshot(driver, path: Path) -> None:
+    """The whole page (not only the window) as a PNG."""
+    width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
+    full = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(max(full + 120, height), 8000))
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(width, height)
 
 
 def table_rows(driver) -> pd.DataFrame:
@@ -226,12 +239,12 @@ def test_predict_nir_table_equals_the_cli(browser, server, store, tmp_path, down
                   for e in browser.find_elements(By.CSS_SELECTOR, "#spectra-chart polyline.ood title")}
     assert ood_titles == set(expected.loc[expected["in_domain"] == "False", "sample_id"])
     assert "Ciso (%)" in browser.find_element(By.ID, "interval-chart").text
-    browser.save_screenshot(str(tmp_path / "predict-nir.png"))
+    screenshot(browser, tmp_path / "predict-nir.png")
 
     browser.set_window_size(390, 844)  # a phone: the page must not scroll sideways (the table scrolls itself)
     try:
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
-        browser.save_screenshot(str(tmp_path / "predict-phone.png"))
+        screenshot(browser, tmp_path / "predict-phone.png")
     finally:
         browser.set_window_size(1280, 1000)
 
@@ -255,7 +268,7 @@ def test_predict_opus_files_and_zip(browser, server, store, tmp_path, downloads,
     assert_same_table(table_rows(browser), expected)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#spectra-chart polyline.spectrum")) == OPUS_PICK
     assert "cm⁻¹" in browser.find_element(By.ID, "spectra-chart").text
-    browser.save_screenshot(str(tmp_path / "predict-opus.png"))
+    screenshot(browser, tmp_path / "predict-opus.png")
 
     archive = tmp_path / "spectra.zip"
     with zipfile.ZipFile(archive, "w") as bundle:
@@ -301,7 +314,7 @@ def test_errors_are_readable_messages(browser, server, tmp_path):
     status, text = page_message(browser)
     assert status == 422 and "models:/no-such-model@champion" in text and "not found" in text, (status, text)
     assert browser.find_element(By.ID, "result").text == ""
-    browser.save_screenshot(str(tmp_path / "predict-error.png"))
+    screenshot(browser, tmp_path / "predict-error.png")
 
 
 def test_wrong_api_key_is_reported(browser, server, tmp_path):
@@ -314,7 +327,7 @@ def test_wrong_api_key_is_reported(browser, server, tmp_path):
     status, text = page_message(browser)
     assert status == 401 and text == "invalid API key"
     assert httpx.get(server + "/web/fragments/model-options", headers={"X-API-Key": "not-the-key"}).status_code == 401
-    browser.save_screenshot(str(tmp_path / "wrong-key.png"))
+    screenshot(browser, tmp_path / "wrong-key.png")
     open_page(browser, server + "/")  # the right key loads the menu without reloading the page
     choose_model(browser, "models:/soc-nir@champion")
 
@@ -347,7 +360,7 @@ def test_models_page(browser, server, store, tmp_path):
                                   ".every(i => i.complete && i.naturalWidth > 100)")
     names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#model-soc-nir .plots figcaption")]
     assert names == ["coverage", "observed vs predicted", "residuals"]
-    browser.save_screenshot(str(tmp_path / "models.png"))
+    screenshot(browser, tmp_path / "models.png")
 
 
 def test_pages_are_open_but_data_needs_the_key(server):

@@ -3,7 +3,7 @@
 Routes: ``POST /v1/predict`` (JSON spectra), ``POST /v1/predict/file`` (a CSV/Parquet table or
 OPUS files, multipart), ``GET /v1/models`` (registered models, versions, aliases, CV metrics),
 ``POST /v1/reload`` (re-resolve the alias and load the version it now points to),
-``GET /healthz`` and the OpenAPI docs at ``/docs``.
+``GET /healthz``, the OpenAPI docs at ``/docs`` and the web page at ``/`` (:mod:`soilcarbon.serving.web`).
 
 The model is loaded once, when the app is created. Every bad request gets a 4xx JSON answer
 ``{"error": "<one line saying what is wrong>"}`` (validation problems also carry ``detail``):
