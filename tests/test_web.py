@@ -396,3 +396,30 @@ def test_zip_members_are_flattened_and_bounded(tmp_path):
     assert error.value.status == 413
     with pytest.raises(SoilCarbonError, match="two uploaded files are named"):
         save_uploads([Upload(opus[0]), Upload(opus[0])], tmp_path / "job3", 10 ** 7)
+
+
+def test_problems_are_listed_with_their_reasons(browser, server, tmp_path, capsys):
+    """Samples that cannot be predicted are listed with the reasons ``soilcarbon predict --problems`` gives."""
+    from selenium.webdriver.common.by import By
+
+    table = pd.read_csv(NIRSOIL_CSV, nrows=12)
+    values = table.columns[table.columns.get_loc("1100"):]
+    table = table.astype({values[5]: object, values[9]: object})
+    table.loc[3, values[5]] = "n/a"
+    table.loc[7, values[9]] = None
+    bad = tmp_path / "bad rows.csv"
+    table.to_csv(bad, index=False)
+    code, _, err = cli_in_process(capsys, "predict", "--model", "models:/soc-nir/1", "--spectra", bad, "--output",
+                                  tmp_path / "cli.csv", "--problems", tmp_path / "problems.csv", "--quiet")
+    assert code == 0, err
+    expected = pd.read_csv(tmp_path / "problems.csv")
+    assert len(expected) == 2
+
+    open_page(browser, server + "/")
+    choose_model(browser, "models:/soc-nir/1")
+    submit(browser, [bad])
+    listed = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#problems li")]
+    assert listed == [f"{sid}: {reason}" for sid, reason in zip(expected["sample_id"], expected["reason"])]
+    assert "2 not predicted" in browser.find_element(By.ID, "summary").text
+    shown = table_rows(browser)
+    assert (shown.loc[[3, 7], "prediction"] == "").all() and (shown["prediction"] != "").sum() == 10
