@@ -423,3 +423,5 @@ def test_problems_are_listed_with_their_reasons(browser, server, tmp_path, capsy
     assert "2 not predicted" in browser.find_element(By.ID, "summary").text
     shown = table_rows(browser)
     assert (shown.loc[[3, 7], "prediction"] == "").all() and (shown["prediction"] != "").sum() == 10
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#predictions tr.problem")) == 2
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#spectra-chart polyline.spectrum")) == 10

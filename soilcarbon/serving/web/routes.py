@@ -148,7 +148,8 @@ def result_rows(text: pd.DataFrame) -> list[dict]:
     """Table rows from the predictions CSV read as text: exact values and short displays."""
     rows = []
     for record in text.to_dict("records"):
-        row = {"sample_id": record["sample_id"], "in_domain": record["in_domain"]}
+        row = {"sample_id": record["sample_id"], "in_domain": record["in_domain"],
+               "predicted": record["prediction"] != ""}
         for column in ("prediction", "lower", "upper"):
             value = record[column]
             row[column] = {"exact": value, "shown": f"{float(value):.4g}" if value != "" else "-"}
