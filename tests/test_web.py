@@ -425,3 +425,33 @@ def test_problems_are_listed_with_their_reasons(browser, server, tmp_path, capsy
     assert (shown.loc[[3, 7], "prediction"] == "").all() and (shown["prediction"] != "").sum() == 10
     assert len(browser.find_elements(By.CSS_SELECTOR, "#predictions tr.problem")) == 2
     assert len(browser.find_elements(By.CSS_SELECTOR, "#spectra-chart polyline.spectrum")) == 10
+
+
+def test_model_menu_and_chart_geometry():
+    """The model menu lists aliases before versions (newest first) with target and unit; the
+    charts put larger values higher, mark out-of-domain samples, and run wavenumbers right to left."""
+    import numpy as np
+
+    from soilcarbon.serving.web.charts import interval_chart, spectra_chart
+    from soilcarbon.serving.web.routes import model_choices
+
+    registered = [{"name": "soc", "version": v, "aliases": ["champion"] if v == 2 else [], "target": "Ciso",
+                   "unit": "%"} for v in (1, 2, 3)]
+    options = model_choices(registered, "models:/soc/3")
+    assert [o["value"] for o in options] == ["models:/soc@champion", "models:/soc/3", "models:/soc/2", "models:/soc/1"]
+    assert options[0]["label"] == "soc @champion (version 2) - Ciso, %"
+    assert [o["selected"] for o in options] == [False, True, False, False]
+
+    frame = pd.DataFrame({"sample_id": ["a", "b", "c"], "prediction": [2.0, 1.0, np.nan],
+                          "lower": [1.5, 0.5, np.nan], "upper": [2.5, 1.5, np.nan], "in_domain": [True, False, False]})
+    chart = interval_chart(frame, "Ciso (%)")
+    assert [m["title"].split(":")[0] for m in chart["marks"]] == ["b", "a"]  # sorted by prediction, NaN left out
+    b, a = chart["marks"]
+    assert a["y"] < b["y"] and a["y_high"] < a["y"] < a["y_low"] and b["ood"] and not a["ood"]
+    assert chart["n_ood"] == 1
+
+    axis = np.array([4000.0, 3000.0, 2000.0])
+    lines = spectra_chart(axis, "cm-1", np.array([[1.0, 2.0, 3.0], [np.nan] * 3]), ["x", "y"], [False, True])
+    assert lines["n_lines"] == 1 and lines["n_ood"] == 1 and lines["x_label"] == "wavenumber (cm⁻¹)"
+    xs = [float(p.split(",")[0]) for p in lines["lines"][0]["points"].split()]
+    assert xs[0] < xs[-1]  # 4000 cm-1 drawn left of 2000 cm-1
