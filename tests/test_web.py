@@ -318,8 +318,20 @@ def test_errors_are_readable_messages(browser, server, tmp_path):
 
 
 def test_wrong_api_key_is_reported(browser, server, tmp_path):
+    """A new tab asks for the key; a wrong key is reported on the page; the right one then works."""
     from selenium.webdriver.common.by import By
 
+    first = browser.current_window_handle
+    browser.switch_to.new_window("tab")  # a new tab has no key yet
+    try:
+        browser.get(server + "/")
+        wait_for(browser, lambda d: d.execute_script("return !document.getElementById('message').hidden"), 10,
+                 "the request for the key")
+        assert "needs an API key" in browser.find_element(By.ID, "message").text
+        assert browser.switch_to.active_element.get_attribute("id") == "api-key"
+    finally:
+        browser.close()
+        browser.switch_to.window(first)
     open_page(browser, server + "/", key="not-the-key")
     wait_for(browser, lambda d: d.execute_script(
         "const m = document.getElementById('message'); return !m.hidden && m.dataset.status === '401'"),

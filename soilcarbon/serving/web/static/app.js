@@ -110,7 +110,7 @@ function setupPredict() {
     clearMessage();
     const files = document.getElementById("files").files;
     if (!files.length) {
-      showMessage("choose one or more files to predict first", 400);
+      showMessage("choose one or more files to predict first", "");
       return;
     }
     const job = jobId();
@@ -179,6 +179,7 @@ document.addEventListener("DOMContentLoaded", () => {
   if (!needsKey() || apiKey()) {
     loadFragments();
   } else {
-    showMessage("this service needs an API key: enter it above", 401, true);
+    showMessage("this service needs an API key: enter it above", "", true);
+    document.getElementById("api-key").focus();
   }
 });
