@@ -3,7 +3,7 @@
 Routes: ``POST /v1/predict`` (JSON spectra), ``POST /v1/predict/file`` (a CSV/Parquet table or
 OPUS files, multipart), ``GET /v1/models`` (registered models, versions, aliases, CV metrics),
 ``POST /v1/reload`` (re-resolve the alias and load the version it now points to),
-``GET /healthz`` and the OpenAPI docs at ``/docs``.
+``GET /healthz``, the OpenAPI docs at ``/docs`` and the web page at ``/`` (:mod:`soilcarbon.serving.web`).
 
 The model is loaded once, when the app is created. Every bad request gets a 4xx JSON answer
 ``{"error": "<one line saying what is wrong>"}`` (validation problems also carry ``detail``):
@@ -36,12 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.serving import web
 from soilcarbon.serving.predict import ServedModel, check_level, load_model, predict_spectra
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1000
 API_KEY_ENV = "SOILCARBON_API_KEY"
-OPEN_PATHS = ("/healthz",)
+OPEN_PATHS = ("/healthz", *web.OPEN_PATHS)  # the web page shells and assets hold no data
 
 
 # ============================================================================ request / response models
@@ -346,6 +347,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
             state["model"] = fresh
         return {"model_uri": fresh.uri, "previous_model_uri": current.uri, "changed": fresh.uri != current.uri}
 
+    web.install(app, needs_key=api_key is not None)  # the web page at /
     return app
 
 

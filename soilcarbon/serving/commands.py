@@ -75,7 +75,7 @@ def serve_command(
 ):
     """Serve a model over HTTP (FastAPI + uvicorn).
 
-    Routes: POST /v1/predict (JSON), POST /v1/predict/file (CSV/Parquet table or OPUS files), GET /v1/models, GET /healthz, POST /v1/reload (re-resolve the alias), docs at /docs.
+    Routes: POST /v1/predict (JSON), POST /v1/predict/file (CSV/Parquet table or OPUS files), GET /v1/models, GET /healthz, POST /v1/reload (re-resolve the alias), docs at /docs, and a web page at / (predict from uploaded files, browse models).
 
     Set SOILCARBON_API_KEY to require it in an X-API-Key header on every route but /healthz.
     """
@@ -89,7 +89,7 @@ def serve_command(
         raise SoilCarbonError(f"--max-body-mb must be positive, got {max_body_mb}")
     app = create_app(model, max_body_bytes=int(max_body_mb * 1024 * 1024), max_batch=max_batch)
     served = app.state.soilcarbon["model"]
-    sys.stderr.write(f"serving {served.uri} at http://{host}:{port} (docs at /docs)\n")
+    sys.stderr.write(f"serving {served.uri} at http://{host}:{port} (web page at /, docs at /docs)\n")
     sys.stderr.flush()
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -843,13 +843,15 @@ def default_workers() -> int:
 def predict_file(model: ServedModel | str, output, spectra=None, covariates=None, id_col: str = ID_COLUMN,
                  unit: str | None = None, level: float | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  id_pattern: str | None = None, quiet: bool = True, workers: int | None = None,
-                 problems_output=None) -> PredictionSummary:
+                 problems_output=None, progress: Progress | None = None) -> PredictionSummary:
     """Predict every sample of ``spectra`` (CSV/Parquet table, OPUS file or folder) and/or a covariates
     table with ``model`` and write ``output`` (.csv or .parquet) atomically.
 
     With ``spectra`` and ``covariates`` both given, covariates are joined by id; with only
     ``covariates``, that table is the input (covariates-only models). ``problems_output`` (CSV)
-    receives every sample that was not predicted, with the reason.
+    receives every sample that was not predicted, with the reason. ``progress`` replaces the
+    terminal progress bar (e.g. the web page's, :mod:`soilcarbon.serving.web`); an exception it
+    raises stops the job like any other, and no output is left.
     """
     from soilcarbon.atomic import atomic_path
 
@@ -895,7 +897,8 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
 
     # one BLAS/OpenMP thread per worker: the workers are the parallelism (OpenMP threads spinning
     # against each other made a nearest-neighbour query 8x slower on 2 busy cores)
-    with threadpool_limits(limits=1), Progress(quiet) as progress, atomic_path(output) as tmp:
+    progress = Progress(quiet) if progress is None else progress
+    with threadpool_limits(limits=1), progress, atomic_path(output) as tmp:
         progress.start(source.total)
         source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)
         writer = _Writer(tmp, kind)
