@@ -48,9 +48,15 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, map user errors to ``error:`` + exit 2."""
+    """Entry point: run the app, map user errors to ``error:`` + exit 2, SIGINT / SIGTERM to one
+    ``interrupted`` line + exit 130 / 143."""
+    from soilcarbon.process import Interrupted, handle_signals
+
+    handle_signals()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+    except Interrupted as exc:
+        fail(f"interrupted ({exc}); nothing was written", code=exc.exit_code)
     except SoilCarbonError as exc:
         fail(str(exc))
     except click.exceptions.Abort:
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(exc.exit_code)
     except FileNotFoundError as exc:
         fail(f"{exc.filename}: no such file or folder")
+    if isinstance(code, int) and code:  # Typer returns the code of an Exit it caught
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":
