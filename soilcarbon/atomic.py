@@ -6,11 +6,54 @@ A crash or an error while writing never leaves a partial file under the final na
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 from soilcarbon.errors import SoilCarbonError
+
+
+OUTPUT_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".png": "png", ".svg": "svg", ".pdf": "pdf",
+                ".tif": "tif", ".tiff": "tif"}
+
+
+def output_kind(path, kinds) -> str:
+    """The kind of file written at ``path``, from its suffix: the one rule for every output (no
+    ``p.tsv`` written comma-separated). ``kinds`` are the kinds this output may be."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    kind = OUTPUT_KINDS.get(suffix)
+    if kind not in kinds:
+        names = [s for s, k in OUTPUT_KINDS.items() if k in kinds]
+        names = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+        raise SoilCarbonError(f"{path}: unknown output type {suffix or '(none)'!r}; name the output {names}")
+    return kind
+
+
+def check_folder(folder, path=None) -> None:
+    """``folder`` exists and accepts a new file (tried: permissions, read-only or full file systems)."""
+    folder = Path(folder) if str(folder) else Path(".")
+    name = path if path is not None else folder
+    if not folder.is_dir():
+        raise SoilCarbonError(f"{name}: folder {folder} does not exist; create it first")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".soilcarbon-probe.", dir=folder)
+    except OSError as exc:
+        raise SoilCarbonError(f"{name}: cannot write in folder {folder}: {exc.strerror}") from exc
+    os.close(handle)
+    os.unlink(probe)
+
+
+def check_output(path, kinds) -> str:
+    """Check an output before any work: its suffix gives one of ``kinds``, it is not a folder, its
+    folder exists and is writable. Returns the kind."""
+    path = Path(path)
+    kind = output_kind(path, kinds)
+    if path.is_dir():
+        raise SoilCarbonError(f"{path}: is a folder; give a file name")
+    check_folder(path.parent, path)
+    return kind
 
 
 def _umask() -> int:
@@ -29,13 +72,32 @@ def atomic_path(path):
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise SoilCarbonError(f"{path}: folder {folder} does not exist; create it first")
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=folder)
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=folder)
+    except OSError as exc:
+        raise SoilCarbonError(f"{path}: cannot write in folder {folder}: {exc.strerror}") from exc
     os.close(handle)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and writing_error(exc, tmp):
+            raise SoilCarbonError(f"{path}: cannot write: {exc.strerror or exc}") from exc
         raise
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def writing_error(exc: OSError, tmp) -> bool:
+    """Whether an OSError raised while an output was written is about that output: a write error
+    code (disk full, read-only...) on the temporary file or on no file (``write`` calls name none).
+    Errors naming another file (e.g. an input) are left as they are."""
+    if exc.filename not in (None, str(tmp), tmp):
+        return False
+    if exc.errno in WRITE_ERRNOS:
+        return True
+    return exc.errno is None and "No space left" in str(exc)  # pyarrow's IO errors carry no errno

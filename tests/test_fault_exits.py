@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -139,3 +140,126 @@ def test_sigint_during_train_exits_130_stops_workers_and_leaves_nothing(tmp_path
             assert not db.execute("select run_uuid from runs where status = 'RUNNING'").fetchall()
         after = [name for name in after if name not in ("mlflow.db", "mlartifacts")]
     assert after == before
+
+
+# ----------------------------------------------------------------------------- usage and user errors
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--bogus"], "No such option: --bogus"),
+    (["predict", "--spectra", "x.csv", "-o", "p.csv"], "Missing option '--model'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+    (["predict", "--model", NIR, "--spectra", "x.csv", "-o", "p.csv", "--level", "abc"], "Invalid value for '--level'"),
+])
+def test_usage_errors_exit_2_without_traceback(tmp_path, capsys, args, message):
+    from cli_helpers import cli_in_process
+
+    code, out, err = cli_in_process(capsys, *args)
+    assert code == 2
+    assert message in " ".join(err.replace("│", " ").split())
+    assert "Traceback" not in err + out
+    assert listing(tmp_path) == []
+
+
+def test_usage_error_in_a_real_process(tmp_path):
+    code, out, err = run_cli("predict", "--bogus", cwd=tmp_path)
+    assert code == 2 and "No such option: --bogus" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("alias, message", [("latest", "--alias 'latest': 'latest' alias name"),
+                                            ("my alias", "--alias 'my alias': Invalid alias name")])
+def test_promote_to_a_reserved_or_invalid_alias_is_one_error_line(store, capsys, alias, message):
+    from cli_helpers import cli_in_process
+
+    code, _, err = cli_in_process(capsys, "models", "promote", "soc-nir", "1", "--alias", alias)
+    assert code == 2
+    assert message in only_error_line(err)
+
+
+def test_truncated_python_model_pkl_is_one_error_line(store, tmp_path, capsys):
+    from cli_helpers import cli_in_process
+
+    source = next(Path(store["folder"]).glob("mlartifacts/**/python_model.pkl")).parent
+    model = tmp_path / "model"
+    shutil.copytree(source, model)
+    pkl = model / "python_model.pkl"
+    pkl.write_bytes(pkl.read_bytes()[: pkl.stat().st_size // 2])
+    code, _, err = cli_in_process(capsys, "predict", "--model", model, "--spectra", NIRSOIL_CSV, "-o", tmp_path / "p.csv")
+    assert code == 2
+    line = only_error_line(err)
+    assert "python_model.pkl is damaged" in line and str(model) in line
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 64 KiB tmpfs (root only); skipped where the machine does not allow mounting."""
+    folder = tmp_path / "fs"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_disk_full_during_predict_is_one_error_line_and_leaves_nothing(store, small_fs, capsys):
+    from cli_helpers import cli_in_process
+
+    output = small_fs / "p.csv"
+    code, _, err = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", NIRSOIL_CSV, "-o", output, "-q")
+    assert code == 2
+    assert only_error_line(err) == f"error: {output}: cannot write: No space left on device"
+    assert listing(small_fs) == []
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "--model", NIR, "--spectra", NIRSOIL_CSV, "-o", "{fs}/p.parquet"],
+    ["predict", "--model", NIR, "--spectra", NIRSOIL_CSV, "-o", "{tmp}/p.csv", "--problems", "{fs}/bad.csv"],
+    ["spectra", "convert", NIRSOIL_CSV, "{fs}/s.parquet"],
+    ["spectra", "inspect", NIRSOIL_CSV, "--plot", "{fs}/s.png"],
+    ["train", "--spectra", NIRSOIL_CSV, "--target", "Ciso", "--oof-output", "{fs}/oof.csv"],
+])
+def test_read_only_output_folder_is_refused_before_any_work(store, small_fs, tmp_path, capsys, command):
+    from cli_helpers import cli_in_process
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    args = [str(a).format(fs=small_fs, tmp=tmp_path) for a in command]
+    code, out, err = cli_in_process(capsys, *args)
+    assert code == 2
+    line = only_error_line(err)
+    assert f"cannot write in folder {small_fs}: Read-only file system" in line
+    assert listing(small_fs) == [] and listing(tmp_path) == ["fs"]
+
+
+def test_train_refuses_a_read_only_mlflow_store_before_training(small_fs, capsys, monkeypatch):
+    from cli_helpers import cli_in_process
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{small_fs / 'mlflow.db'}")
+    code, _, err = cli_in_process(capsys, "train", "--spectra", NIRSOIL_CSV, "--target", "Ciso")
+    assert code == 2
+    assert f"MLflow store {small_fs}: cannot write in folder {small_fs}" in only_error_line(err)
+
+
+# ----------------------------------------------------------------------------- output checks before work
+@pytest.mark.parametrize("command, message", [
+    (["predict", "--model", NIR, "--spectra", NIRSOIL_CSV, "-o", "{tmp}/p.tsv"],
+     "{tmp}/p.tsv: unknown output type '.tsv'; name the output .csv, .parquet or .pq"),
+    (["predict", "--model", NIR, "--spectra", NIRSOIL_CSV, "-o", "{tmp}/p.txt"], "unknown output type '.txt'"),
+    (["predict", "--model", NIR, "--spectra", NIRSOIL_CSV, "-o", "{tmp}/p.csv", "--problems", "{tmp}/no/bad.csv"],
+     "{tmp}/no/bad.csv: folder {tmp}/no does not exist"),
+    (["train", "--spectra", NIRSOIL_CSV, "--target", "Ciso", "--oof-output", "{tmp}/oof.parquet"],
+     "{tmp}/oof.parquet: unknown output type '.parquet'; name the output .csv"),
+    (["spectra", "inspect", NIRSOIL_CSV, "--plot", "{tmp}/no/s.png"], "{tmp}/no/s.png: folder {tmp}/no does not exist"),
+    (["spectra", "inspect", NIRSOIL_CSV, "--plot", "{tmp}/s.jpg"], "unknown output type '.jpg'; name the output .png, .svg or .pdf"),
+    (["map", "--model", "models:/soc-cov/1", "--rasters", NIRSOIL_CSV, "-o", "{tmp}/m.png"],
+     "unknown output type '.png'; name the output .tif or .tiff"),
+])
+def test_every_output_is_checked_before_any_work(store, tmp_path, capsys, command, message):
+    from cli_helpers import cli_in_process
+
+    code, out, err = cli_in_process(capsys, *[str(a).format(tmp=tmp_path) for a in command])
+    assert code == 2
+    assert message.format(tmp=tmp_path) in only_error_line(err)
+    assert listing(tmp_path) == []

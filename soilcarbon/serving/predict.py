@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -212,6 +213,9 @@ def load_model(uri: str) -> ServedModel:
     resolved, name, version = resolve_model_uri(uri, client)
     try:
         loaded = mlflow.pyfunc.load_model(resolved)
+    except (pickle.UnpicklingError, EOFError) as exc:  # a truncated or damaged python_model.pkl
+        raise SoilCarbonError(f"cannot load model {uri!r}: its python_model.pkl is damaged ({exc}); restore the "
+                              "artifacts or train the model again") from exc
     except (MlflowException, OSError, ValueError) as exc:
         message = " ".join(str(getattr(exc, "message", exc)).split())
         raise SoilCarbonError(f"cannot load model {uri!r} ({message[:200]}); check the URI and the tracking "
@@ -737,12 +741,23 @@ def OUTPUT_SCHEMA():
 
 
 def output_kind(path: Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix in CSV_SUFFIXES:
-        return "csv"
-    if suffix in PARQUET_SUFFIXES:
-        return "parquet"
-    raise SoilCarbonError(f"{path}: unknown output type {suffix or '(none)'!r}; name the output .csv or .parquet")
+    """``csv`` or ``parquet``: a prediction table is written as its suffix says."""
+    from soilcarbon.atomic import output_kind as kind_of
+
+    return kind_of(path, ("csv", "parquet"))
+
+
+def check_outputs(output: Path | None, problems_output=None) -> str | None:
+    """Check the prediction table (unless None: a remote output) and the problems report (CSV)
+    before any work; returns the table's kind."""
+    from soilcarbon.atomic import check_output
+
+    kind = None if output is None else check_output(output, ("csv", "parquet"))
+    if problems_output is not None:
+        if output_kind(problems_output) != "csv":
+            raise SoilCarbonError(f"{problems_output}: the problems report is a CSV file; name it .csv")
+        check_output(problems_output, ("csv",))
+    return kind
 
 
 # ============================================================================ progress
@@ -855,9 +870,7 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
 
     started = time.perf_counter()
     output = Path(output)
-    kind = output_kind(output)
-    if problems_output is not None and output_kind(problems_output) != "csv":
-        raise SoilCarbonError(f"{problems_output}: the problems report is a CSV file; name it .csv")
+    kind = check_outputs(output, problems_output)
     if chunk_size < 1:
         raise SoilCarbonError(f"chunk size must be a positive number of rows, got {chunk_size}")
     if spectra is None and covariates is None:
@@ -865,8 +878,6 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
     for given in (spectra, covariates):
         if given is not None and Path(given).exists() and output.exists() and Path(given).resolve() == output.resolve():
             raise SoilCarbonError(f"{output}: the output would overwrite the input; choose another output name")
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise SoilCarbonError(f"{output}: folder {output.parent} does not exist; create it first")
     level_value = None if level is None else check_level(level)
     model = load_model(model) if isinstance(model, str) else model
     level_value = model.level if level_value is None else level_value

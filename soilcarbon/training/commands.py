@@ -113,10 +113,14 @@ def train_command(
     config = config.with_overrides(scheme=cv_scheme, block_size=block_size)
     if coord_cols and cv_scheme not in (None, "spatial"):
         raise SoilCarbonError(f"--coords is for --cv spatial; drop it or use --cv spatial (got --cv {cv_scheme})")
+    from soilcarbon.atomic import check_folder, check_output
+    from soilcarbon.training.tracking import local_store_folder
+
     if oof_output is not None:
-        folder = oof_output.parent if str(oof_output.parent) else Path(".")
-        if not folder.is_dir():
-            raise SoilCarbonError(f"{oof_output}: folder {folder} does not exist; create it first")
+        check_output(oof_output, ("csv",))
+    store = local_store_folder()
+    if store is not None:  # the MLflow store must accept the run after minutes of training
+        check_folder(store, f"MLflow store {store}")
     console = Console(quiet=quiet)
     data_spectra, cov_table = _load_inputs(spectra, lab, covariates, id_col, unit, console)
     from soilcarbon.training.train import train
