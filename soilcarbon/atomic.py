@@ -1,13 +1,21 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
-A crash or an error while writing never leaves a partial file under the final name.
+A crash or an error while writing never leaves a partial file under the final name. The
+temporary file is ``.NAME.<pid>-<host>.<random>.part.<ext>`` next to the output: an error or a
+signal removes it at once; after SIGKILL (or a power cut) the next write of the same output
+removes the partial files whose process is gone (same host, pid no longer running), so debris
+never accumulates. Every output path goes through :func:`check_output` before any work (the
+suffix gives the kind, the folder must accept a new file).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -72,8 +80,10 @@ def atomic_path(path):
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise SoilCarbonError(f"{path}: folder {folder} does not exist; create it first")
+    remove_stale_parts(path)
     try:
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=folder)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_HOST}.", suffix=".part" + path.suffix,
+                                       dir=folder)
     except OSError as exc:
         raise SoilCarbonError(f"{path}: cannot write in folder {folder}: {exc.strerror}") from exc
     os.close(handle)
@@ -87,6 +97,40 @@ def atomic_path(path):
         if isinstance(exc, OSError) and writing_error(exc, tmp):
             raise SoilCarbonError(f"{path}: cannot write: {exc.strerror or exc}") from exc
         raise
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # a shared folder may serve several hosts
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_parts(path) -> list[Path]:
+    """Remove the partial files of ``path`` left by processes of this host that are gone (killed
+    while writing it); returns them. Partial files of running processes, of other hosts, and
+    files of any other name are kept."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)-([0-9a-f]{8})\.[^.]+" + re.escape(".part" + path.suffix))
+    removed = []
+    try:
+        names = [p for p in folder.iterdir() if p.name.startswith(f".{path.name}.")]
+    except OSError:
+        return removed
+    for part in names:
+        match = pattern.fullmatch(part.name)
+        if match and match.group(2) == _HOST and not _running(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                part.unlink()
+                removed.append(part)
+    return removed
 
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}

@@ -56,8 +56,11 @@ def main(argv: list[str] | None = None) -> None:
         # standalone: Typer shows usage errors (unknown option or command, missing or bad value)
         # in its box with exit code 2 and exits 0 on success; every other exception comes here
         app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise  # usage errors (2), already shown by Typer
     except Interrupted as exc:
-        fail(f"interrupted ({exc}); nothing was written", code=exc.exit_code)
+        fail(f"interrupted by {exc}; partial outputs were removed", code=exc.exit_code)
     except SoilCarbonError as exc:
         fail(str(exc))
     except FileNotFoundError as exc:
