@@ -8,11 +8,13 @@ traceback.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,6 +94,31 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+PROGRESS = re.compile(r"^(predicting|training|mapping|cross-validation)[^:]*: .* elapsed$")
+
+
+def without_progress(stderr: str) -> str:
+    """stderr without the progress lines printed every few seconds when it is not a terminal."""
+    return "\n".join(line for line in stderr.splitlines() if not PROGRESS.match(line))
+
+
+class StderrLines:
+    """Read a running process's stderr line by line in a thread."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.thread.start()
+
+    def _read(self, process):
+        for line in process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        self.thread.join(timeout=30)
+        return "\n".join(self.lines)
+
+
 # ----------------------------------------------------------------------------- signals
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_during_predict_exits_128_plus_signal_and_leaves_nothing(tmp_path, env, big_csv, signum, code):
@@ -105,33 +132,37 @@ def test_signal_during_predict_exits_128_plus_signal_and_leaves_nothing(tmp_path
     process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == code, err
-    line = only_error_line(err)
+    line = only_error_line(without_progress(err))
     assert "interrupted" in line and signal.Signals(signum).name in line
     assert listing(tmp_path) == before
 
 
 def test_sigint_during_train_exits_130_stops_workers_and_leaves_nothing(tmp_path, env):
+    """Also: with stderr not a terminal, train prints progress lines while it cross-validates."""
     config = tmp_path / "fast.yaml"
     config.write_text(yaml.safe_dump(dict(FAST_CONFIG, candidates=[
         {"model": "pls", "grid": {"n_components": [4, 6, 8, 10, 12, 14]}}])))
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     before = listing(tmp_path)
     process = start_cli("train", "--spectra", NIRSOIL_CSV, "--target", "Ciso", "--config", config,
-                        cwd=tmp_path, env=dict(env, MLFLOW_TRACKING_URI=tracking))
+                        cwd=tmp_path, env=dict(env, MLFLOW_TRACKING_URI=tracking, SOILCARBON_PROGRESS_SECONDS="0.3"))
+    stderr = StderrLines(process)
     workers: set[int] = set()
 
     def cross_validating() -> bool:
         workers.update(descendants(process.pid))
-        return len(workers) >= 1 or process.poll() is not None
+        return (workers and any(line.startswith("cross-validation: ") for line in stderr.lines)) or process.poll() is not None
 
-    wait_for(cross_validating, what="loky workers")
+    wait_for(cross_validating, what="loky workers and a progress line")
     assert process.poll() is None, "training finished before the signal"
-    time.sleep(0.5)
     workers.update(descendants(process.pid))
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    out = process.stdout.read()
+    process.wait(timeout=60)
+    err = stderr.text()
     assert process.returncode == 130, err
-    assert "interrupted" in only_error_line(err)
+    assert re.search(r"^cross-validation: \d+/\d+ \(\d+%\), 0:00:\d\d elapsed$", err, re.M), err
+    assert "interrupted" in only_error_line(without_progress(err))
     assert "models:/" not in out
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=15, what="the workers to end")
     after = listing(tmp_path)
@@ -263,3 +294,20 @@ def test_every_output_is_checked_before_any_work(store, tmp_path, capsys, comman
     assert code == 2
     assert message.format(tmp=tmp_path) in only_error_line(err)
     assert listing(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- progress lines
+def test_progress_prints_a_line_every_few_seconds_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    from soilcarbon.progress import Progress
+
+    monkeypatch.setenv("SOILCARBON_PROGRESS_SECONDS", "0.2")
+    with Progress(False, "mapping", terminal=False) as progress:
+        progress(total=10, description="mapping")
+        progress(advance=3)
+        time.sleep(0.5)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 2 and lines[0] == "mapping: 3/10 (30%), 0:00:00 elapsed", lines
+    with Progress(True, "mapping", terminal=False) as progress:  # quiet: nothing
+        progress(total=10, advance=3)
+        time.sleep(0.3)
+    assert capsys.readouterr().err == ""

@@ -117,7 +117,7 @@ def map_command(
     """
     from soilcarbon.geo import indices as idx
     from soilcarbon.geo import mapping
-    from soilcarbon.training.commands import ProgressBar
+    from soilcarbon.progress import Progress
 
     _quiet_gdal()
     index_names = idx.parse_indices(indices)
@@ -135,7 +135,7 @@ def map_command(
     model = mapping.load_covariate_model(model_uri)
     plan = mapping.plan_stack(paths, model.layout.covariates, resampling, index_names, band_roles,
                               model_name=f"model {model_uri}")
-    with ProgressBar(quiet) as progress:
+    with Progress(quiet, "mapping") as progress:
         report = mapping.make_map(model, plan, output, level, block_size, jobs, progress,
                                   tags={"model": model_uri, "unit": model.info.get("target_unit", "")})
     console = Console(stderr=True, quiet=quiet)

@@ -46,6 +46,7 @@ import pandas as pd
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN, FeatureLayout
 from soilcarbon.models.soc_model import OUTPUT_COLUMNS as MODEL_OUTPUTS
+from soilcarbon.progress import Progress
 from soilcarbon.spectral.spectra import (
     PARQUET_UNIT_KEY,
     PREFIX_UNITS,
@@ -760,44 +761,6 @@ def check_outputs(output: Path | None, problems_output=None) -> str | None:
     return kind
 
 
-# ============================================================================ progress
-class Progress:
-    """A rich progress bar on stderr (transient); a no-op when quiet."""
-
-    def __init__(self, quiet: bool, description: str = "predicting"):
-        self.bar = None
-        self.task = None
-        self.description = description
-        if not quiet:
-            from rich.console import Console
-            from rich.progress import (BarColumn, Progress as RichProgress, TaskProgressColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                                    TextColumn("{task.fields[samples]} samples"), TimeElapsedColumn(),
-                                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-
-    def start(self, total: float | None) -> None:
-        if self.bar is not None:
-            self.task = self.bar.add_task(self.description, total=total, samples=0)
-
-    def update(self, completed: float | None = None, samples: int = 0) -> None:
-        if self.bar is not None and self.task is not None:
-            kwargs = {"samples": samples}
-            if completed is not None:
-                kwargs["completed"] = completed
-            self.bar.update(self.task, **kwargs)
-
-
 # ============================================================================ summary
 @dataclass
 class PredictionSummary:
@@ -906,7 +869,8 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
 
     # one BLAS/OpenMP thread per worker: the workers are the parallelism (OpenMP threads spinning
     # against each other made a nearest-neighbour query 8x slower on 2 busy cores)
-    with threadpool_limits(limits=1), Progress(quiet) as progress, atomic_path(output) as tmp:
+    progress = Progress(quiet, "predicting", "bytes" if source.by_bytes else "")
+    with threadpool_limits(limits=1), progress, atomic_path(output) as tmp:
         progress.start(source.total)
         source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)
         writer = _Writer(tmp, kind)

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.progress import Progress
 from soilcarbon.serving.predict import (
     ID_COLUMN,
     KEEP_PROBLEMS,
@@ -36,7 +37,6 @@ from soilcarbon.serving.predict import (
     OUTPUT_COLUMNS,
     PARQUET_SUFFIXES,
     PredictionSummary,
-    Progress,
     _Writer,
     check_level,
     check_outputs,

@@ -10,41 +10,12 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.progress import Progress
 
 models_app = typer.Typer(help="Registered models: list them, promote a version to an alias.", no_args_is_help=True)
-
-
-class ProgressBar:
-    """A rich progress bar on stderr behind the ``progress(total=, advance=, description=)`` callable."""
-
-    def __init__(self, quiet: bool):
-        self.progress = None if quiet else Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=Console(stderr=True), transient=True)
-        self.task = None
-
-    def __enter__(self):
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress.stop()
-
-    def __call__(self, total=None, advance=0, description=None):
-        if not self.progress:
-            return
-        if self.task is None:
-            self.task = self.progress.add_task(description or "working", total=total)
-        elif total is not None:
-            self.progress.update(self.task, total=total, description=description)
-        if advance:
-            self.progress.advance(self.task, advance)
 
 
 def _metrics_table(result) -> Table:
@@ -129,7 +100,7 @@ def train_command(
     # the environment variable carries the filter into the worker processes
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
     warnings.filterwarnings("ignore", category=UserWarning)
-    with ProgressBar(quiet) as progress:
+    with Progress(quiet, "training") as progress:
         result = train(data_spectra, target, cov_table, config, id_col, folds, group, coord_cols, nested,
                        progress, covariates_source=str(covariates) if covariates else "covariates")
     for note in result.notes:
