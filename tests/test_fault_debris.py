@@ -13,16 +13,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
 from cli_helpers import cli_in_process
 from conftest import NIRSOIL_CSV, REPO
+from process_helpers import alive, descendants, listing, start_cli, wait_for, write_big_csv
 from serving_models import environment, serving_store
-from test_fault_exits import alive, descendants, listing, start_cli, wait_for
 from trained_model import FAST_CONFIG
 
 from soilcarbon.atomic import atomic_path, remove_stale_parts
@@ -49,10 +47,8 @@ def dead_pid() -> int:
 def test_sigkill_of_predict_leaves_a_part_file_the_next_run_removes(tmp_path, env, store, capsys):
 
 
-    frame = pd.read_csv(NIRSOIL_CSV)
-    big = tmp_path / "in" / "nir3.csv"
-    big.parent.mkdir()
-    pd.concat([frame.assign(sample_id=frame["sample_id"] + f"-{k}") for k in range(3)]).to_csv(big, index=False)
+    (tmp_path / "in").mkdir()
+    big = write_big_csv(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()
     process = start_cli("predict", "--model", NIR, "--spectra", big, "-o", out / "p.csv", "--chunk-size", "100",
