@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     ``interrupted`` line + exit 130 / 143."""
     from soilcarbon.process import Interrupted, handle_signals
 
-    handle_signals()
     try:
         # standalone: Typer shows usage errors (unknown option or command, missing or bad value)
         # in its box with exit code 2 and exits 0 on success; every other exception comes here
-        app(args=argv, standalone_mode=True)
+        with handle_signals():
+            app(args=argv, standalone_mode=True)
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise  # usage errors (2), already shown by Typer

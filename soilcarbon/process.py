@@ -1,6 +1,6 @@
 """How a command's processes end: signals become a clean exit, worker processes die with their parent.
 
-- :func:`handle_signals` (the CLI calls it first): SIGINT and SIGTERM raise :class:`Interrupted`
+- :func:`handle_signals` (the CLI runs every command inside it): SIGINT and SIGTERM raise :class:`Interrupted`
   in the main thread, so every ``with``/``finally`` runs (temporary outputs removed, MLflow run
   marked FAILED, worker pools stopped) and the CLI exits 130 / 143 (128 + signal number, the
   shell convention) with one line. A second signal during that clean-up exits at once; files it
@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -49,17 +50,24 @@ def _raise_interrupted(signum, frame) -> None:
     raise Interrupted(signum)
 
 
-def handle_signals() -> None:
-    """In the main thread: SIGINT and SIGTERM raise :class:`Interrupted`. A SIGINT that is ignored
-    on start (a background job of a non-interactive shell, ``nohup``) stays ignored."""
+@contextlib.contextmanager
+def handle_signals():
+    """Within the block, in the main thread: SIGINT and SIGTERM raise :class:`Interrupted`; the
+    previous handlers come back after it (the CLI may run inside another program, e.g. tests).
+    A SIGINT ignored on start (a background job of a non-interactive shell, ``nohup``) stays
+    ignored."""
     global _raised
-    if threading.current_thread() is not threading.main_thread():
-        return
-    _raised = False
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) is signal.SIG_IGN:
-            continue
-        signal.signal(signum, _raise_interrupted)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        _raised = False
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 _watching: int | None = None

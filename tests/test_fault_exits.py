@@ -242,3 +242,12 @@ def test_progress_prints_a_line_every_few_seconds_when_stderr_is_not_a_terminal(
         progress(total=10, advance=3)
         time.sleep(0.3)
     assert capsys.readouterr().err == ""
+
+
+def test_the_cli_restores_the_signal_handlers_of_its_host(capsys):
+    from cli_helpers import cli_in_process
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    code, _, _ = cli_in_process(capsys, "predict", "--bogus")
+    assert code == 2
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
