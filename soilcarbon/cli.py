@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from soilcarbon.errors import SoilCarbonError
@@ -57,20 +56,46 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, map user errors to ``error:`` + exit 2."""
+    """Entry point: run the app, map user errors to ``error:`` + exit 2, SIGINT / SIGTERM to one
+    ``interrupted`` line + exit 130 / 143."""
+    from soilcarbon.process import Interrupted, handle_signals
+
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone: Typer shows usage errors (unknown option or command, missing or bad value)
+        # in its box with exit code 2 and exits 0 on success; every other exception comes here
+        with handle_signals():
+            app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise  # usage errors (2), already shown by Typer
+    except Interrupted as exc:
+        fail(f"interrupted by {exc}; partial outputs were removed", code=exc.exit_code)
     except SoilCarbonError as exc:
         fail(str(exc))
-    except click.exceptions.Abort:
-        fail("aborted", code=130)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        raise SystemExit(exc.exit_code)
     except FileNotFoundError as exc:
         fail(f"{exc.filename}: no such file or folder")
+    except OSError as exc:
+        fail(os_error_message(exc))
+    except Exception as exc:
+        message = mlflow_error_message(exc)
+        if message is None:
+            raise
+        fail(message)
+
+
+def os_error_message(exc: OSError) -> str:
+    """``FILE: reason`` for an operating-system error (permission, disk full, read-only...)."""
+    reason = exc.strerror or str(exc)
+    names = [name for name in (exc.filename, exc.filename2) if name]
+    return f"{' -> '.join(map(str, names))}: {reason}" if names else reason
+
+
+def mlflow_error_message(exc: Exception) -> str | None:
+    """One line for an MLflow error (tracking store, registry, model files), or None for others."""
+    if type(exc).__module__.split(".")[0] != "mlflow":
+        return None
+    message = getattr(exc, "message", None) or str(exc)
+    return f"MLflow: {message.splitlines()[0] if message else type(exc).__name__}"
 
 
 if __name__ == "__main__":

@@ -37,10 +37,10 @@ def _quiet_gdal() -> None:
     logging.getLogger("rasterio").setLevel(logging.ERROR)
 
 
-def _check_output(output: Path) -> None:
-    folder = output.parent if str(output.parent) else Path(".")
-    if not folder.is_dir():
-        raise SoilCarbonError(f"{output}: folder {folder} does not exist; create it first")
+def _check_output(output: Path, kind: str) -> None:
+    from soilcarbon.atomic import check_output
+
+    check_output(output, (kind,))
 
 
 @covariates_app.command("extract")
@@ -77,7 +77,7 @@ def extract_command(
     if index_names:
         idx.required_columns(index_names, band_roles)
     paths = _rasters(rasters, more, raster_dir)
-    _check_output(output)
+    _check_output(output, "csv")
     point_crs = ex.parse_crs(crs)
     table = ex.read_points(points, x, y, id_col)
     result, report = ex.extract(table, x, y, point_crs, paths, id_col, source=str(points))
@@ -117,7 +117,7 @@ def map_command(
     """
     from soilcarbon.geo import indices as idx
     from soilcarbon.geo import mapping
-    from soilcarbon.training.commands import ProgressBar
+    from soilcarbon.progress import Progress
 
     _quiet_gdal()
     index_names = idx.parse_indices(indices)
@@ -130,12 +130,12 @@ def map_command(
     if resampling is not None and resampling not in mapping.RESAMPLING:
         raise SoilCarbonError(f"--resampling must be nearest or bilinear, got {resampling!r}")
     paths = _rasters(rasters, more, raster_dir)
-    _check_output(output)
+    _check_output(output, "tif")
     mapping.check_grid(paths, resampling)  # cheap checks before loading the model
     model = mapping.load_covariate_model(model_uri)
     plan = mapping.plan_stack(paths, model.layout.covariates, resampling, index_names, band_roles,
                               model_name=f"model {model_uri}")
-    with ProgressBar(quiet) as progress:
+    with Progress(quiet, "mapping") as progress:
         report = mapping.make_map(model, plan, output, level, block_size, jobs, progress,
                                   tags={"model": model_uri, "unit": model.info.get("target_unit", "")})
     console = Console(stderr=True, quiet=quiet)

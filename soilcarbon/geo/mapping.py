@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -282,13 +283,17 @@ class WindowPredictor:
 _WORKER: WindowPredictor | None = None
 
 
-def _init_worker(model, plan: StackPlan, level: float, log_level: int) -> None:
-    """Worker process set-up: one BLAS/OpenMP thread per process, the model, its own rasters, and
-    the parent's logging level for rasterio (GDAL messages)."""
+def _init_worker(model, plan: StackPlan, level: float, log_level: int, parent_pid: int) -> None:
+    """Worker process set-up: exit with the parent, one BLAS/OpenMP thread per process, the model,
+    its own rasters, and the parent's logging level for rasterio (GDAL messages)."""
     global _WORKER
     import logging
 
     from threadpoolctl import threadpool_limits
+
+    from soilcarbon.process import die_with_parent
+
+    die_with_parent(parent_pid)
 
     logging.getLogger("rasterio").setLevel(log_level)
     threadpool_limits(1)
@@ -387,7 +392,8 @@ def make_map(model, plan: StackPlan, output: Path, level: float | None = None, b
             else:
                 context = multiprocessing.get_context("spawn")  # no fork of a process with threads/OpenMP
                 with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
-                                         initargs=(model, plan, level, logging.getLogger("rasterio").level)) as pool:
+                                         initargs=(model, plan, level, logging.getLogger("rasterio").level,
+                                                   os.getpid())) as pool:
                     pending = set()
                     try:
                         for window in all_windows:  # at most 2 windows per worker in flight: bounded memory

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ import pandas as pd
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN, FeatureLayout
 from soilcarbon.models.soc_model import OUTPUT_COLUMNS as MODEL_OUTPUTS
+from soilcarbon.progress import Progress
 from soilcarbon.spectral.spectra import (
     PARQUET_UNIT_KEY,
     PREFIX_UNITS,
@@ -212,6 +214,9 @@ def load_model(uri: str) -> ServedModel:
     resolved, name, version = resolve_model_uri(uri, client)
     try:
         loaded = mlflow.pyfunc.load_model(resolved)
+    except (pickle.UnpicklingError, EOFError) as exc:  # a truncated or damaged python_model.pkl
+        raise SoilCarbonError(f"cannot load model {uri!r}: its python_model.pkl is damaged ({exc}); restore the "
+                              "artifacts or train the model again") from exc
     except (MlflowException, OSError, ValueError) as exc:
         message = " ".join(str(getattr(exc, "message", exc)).split())
         raise SoilCarbonError(f"cannot load model {uri!r} ({message[:200]}); check the URI and the tracking "
@@ -737,50 +742,23 @@ def OUTPUT_SCHEMA():
 
 
 def output_kind(path: Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix in CSV_SUFFIXES:
-        return "csv"
-    if suffix in PARQUET_SUFFIXES:
-        return "parquet"
-    raise SoilCarbonError(f"{path}: unknown output type {suffix or '(none)'!r}; name the output .csv or .parquet")
+    """``csv`` or ``parquet``: a prediction table is written as its suffix says."""
+    from soilcarbon.atomic import output_kind as kind_of
+
+    return kind_of(path, ("csv", "parquet"))
 
 
-# ============================================================================ progress
-class Progress:
-    """A rich progress bar on stderr (transient); a no-op when quiet."""
+def check_outputs(output: Path | None, problems_output=None) -> str | None:
+    """Check the prediction table (unless None: a remote output) and the problems report (CSV)
+    before any work; returns the table's kind."""
+    from soilcarbon.atomic import check_output
 
-    def __init__(self, quiet: bool, description: str = "predicting"):
-        self.bar = None
-        self.task = None
-        self.description = description
-        if not quiet:
-            from rich.console import Console
-            from rich.progress import (BarColumn, Progress as RichProgress, TaskProgressColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                                    TextColumn("{task.fields[samples]} samples"), TimeElapsedColumn(),
-                                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-
-    def start(self, total: float | None) -> None:
-        if self.bar is not None:
-            self.task = self.bar.add_task(self.description, total=total, samples=0)
-
-    def update(self, completed: float | None = None, samples: int = 0) -> None:
-        if self.bar is not None and self.task is not None:
-            kwargs = {"samples": samples}
-            if completed is not None:
-                kwargs["completed"] = completed
-            self.bar.update(self.task, **kwargs)
+    kind = None if output is None else check_output(output, ("csv", "parquet"))
+    if problems_output is not None:
+        if output_kind(problems_output) != "csv":
+            raise SoilCarbonError(f"{problems_output}: the problems report is a CSV file; name it .csv")
+        check_output(problems_output, ("csv",))
+    return kind
 
 
 # ============================================================================ summary
@@ -857,9 +835,7 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
 
     started = time.perf_counter()
     output = Path(output)
-    kind = output_kind(output)
-    if problems_output is not None and output_kind(problems_output) != "csv":
-        raise SoilCarbonError(f"{problems_output}: the problems report is a CSV file; name it .csv")
+    kind = check_outputs(output, problems_output)
     if chunk_size < 1:
         raise SoilCarbonError(f"chunk size must be a positive number of rows, got {chunk_size}")
     if spectra is None and covariates is None:
@@ -867,8 +843,6 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
     for given in (spectra, covariates):
         if given is not None and Path(given).exists() and output.exists() and Path(given).resolve() == output.resolve():
             raise SoilCarbonError(f"{output}: the output would overwrite the input; choose another output name")
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise SoilCarbonError(f"{output}: folder {output.parent} does not exist; create it first")
     level_value = None if level is None else check_level(level)
     model = load_model(model) if isinstance(model, str) else model
     level_value = model.level if level_value is None else level_value
@@ -897,7 +871,7 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
 
     # one BLAS/OpenMP thread per worker: the workers are the parallelism (OpenMP threads spinning
     # against each other made a nearest-neighbour query 8x slower on 2 busy cores)
-    progress = Progress(quiet) if progress is None else progress
+    progress = Progress(quiet, "predicting", "bytes" if source.by_bytes else "") if progress is None else progress
     with threadpool_limits(limits=1), progress, atomic_path(output) as tmp:
         progress.start(source.total)
         source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)

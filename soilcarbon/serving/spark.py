@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.progress import Progress
 from soilcarbon.serving.predict import (
     ID_COLUMN,
     KEEP_PROBLEMS,
@@ -36,11 +37,10 @@ from soilcarbon.serving.predict import (
     OUTPUT_COLUMNS,
     PARQUET_SUFFIXES,
     PredictionSummary,
-    Progress,
     _Writer,
     check_level,
+    check_outputs,
     load_model,
-    output_kind,
     plan_input,
     prepare_chunk,
     read_covariates,
@@ -145,13 +145,7 @@ def predict_spark(model, spectra, output, covariates=None, id_col: str = ID_COLU
         raise SoilCarbonError(f"{spectra_text}: no such file or folder; check the path")
     output_text = str(output)
     remote_output = _is_uri(output_text)
-    kind = "parquet" if remote_output else output_kind(Path(output_text))
-    if not remote_output:
-        folder = Path(output_text).parent if str(Path(output_text).parent) else Path(".")
-        if not folder.is_dir():
-            raise SoilCarbonError(f"{output_text}: folder {folder} does not exist; create it first")
-    if problems_output is not None and output_kind(Path(problems_output)) != "csv":
-        raise SoilCarbonError(f"{problems_output}: the problems report is a CSV file; name it .csv")
+    kind = check_outputs(None if remote_output else Path(output_text), problems_output) or "parquet"
     level_value = None if level is None else check_level(level)
     model = load_model(model) if isinstance(model, str) else model
     level_value = model.level if level_value is None else level_value

@@ -148,6 +148,10 @@ def inspect(
     skip_bad: SkipBad = False,
 ) -> None:
     """Summarise spectra: samples, points, axis range and unit, missing values, lab matches."""
+    if plot is not None:
+        from soilcarbon.spectral.plot import check_plot
+
+        check_plot(plot)
     spectra = _read(path, id_col, unit, id_pattern, block, skip_bad, allow_nan=True)
     report = None
     if lab is not None:
@@ -181,10 +185,13 @@ def convert(
                                                 help="Keep spectra with missing values (NaN).")] = False,
 ) -> None:
     """Write any readable input as one Parquet table (id, metadata, one column per axis point)."""
+    from soilcarbon.atomic import check_output
+
     if out.suffix.lower() != ".parquet":
         raise SoilCarbonError(f"{out}: the output must be a .parquet file; change its name to end in .parquet")
     if out.is_dir():
         raise SoilCarbonError(f"{out}: is a folder; pass a file name ending in .parquet")
+    check_output(out, ("parquet",))
     spectra = _read(path, id_col, unit, id_pattern, block, skip_bad, allow_nan=allow_missing)
     note = ""
     if lab is not None:

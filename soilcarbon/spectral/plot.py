@@ -9,18 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-from soilcarbon.errors import SoilCarbonError
+from soilcarbon.atomic import check_output
 from soilcarbon.spectral.spectra import Spectra
 
-PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+PLOT_KINDS = ("png", "svg", "pdf")  # the output kind is matplotlib's format name
+
+
+def check_plot(path) -> str:
+    """Check a plot output before any work (suffix .png/.svg/.pdf, writable folder); its format."""
+    return check_output(path, PLOT_KINDS)
 
 
 def plot_spectra(spectra: Spectra, path, max_lines: int = 300, title: str | None = None) -> Path:
     """Draw up to ``max_lines`` spectra (evenly picked) and their mean; write to ``path``."""
     path = Path(path)
-    fmt = PLOT_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise SoilCarbonError(f"{path}: plots are written as .png, .svg or .pdf; change the file name")
+    fmt = check_plot(path)
     import matplotlib
 
     matplotlib.use("Agg", force=True)

@@ -10,41 +10,12 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.progress import Progress
 
 models_app = typer.Typer(help="Registered models: list them, promote a version to an alias.", no_args_is_help=True)
-
-
-class ProgressBar:
-    """A rich progress bar on stderr behind the ``progress(total=, advance=, description=)`` callable."""
-
-    def __init__(self, quiet: bool):
-        self.progress = None if quiet else Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=Console(stderr=True), transient=True)
-        self.task = None
-
-    def __enter__(self):
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress.stop()
-
-    def __call__(self, total=None, advance=0, description=None):
-        if not self.progress:
-            return
-        if self.task is None:
-            self.task = self.progress.add_task(description or "working", total=total)
-        elif total is not None:
-            self.progress.update(self.task, total=total, description=description)
-        if advance:
-            self.progress.advance(self.task, advance)
 
 
 def _metrics_table(result) -> Table:
@@ -113,10 +84,14 @@ def train_command(
     config = config.with_overrides(scheme=cv_scheme, block_size=block_size)
     if coord_cols and cv_scheme not in (None, "spatial"):
         raise SoilCarbonError(f"--coords is for --cv spatial; drop it or use --cv spatial (got --cv {cv_scheme})")
+    from soilcarbon.atomic import check_folder, check_output
+    from soilcarbon.training.tracking import local_store_folder
+
     if oof_output is not None:
-        folder = oof_output.parent if str(oof_output.parent) else Path(".")
-        if not folder.is_dir():
-            raise SoilCarbonError(f"{oof_output}: folder {folder} does not exist; create it first")
+        check_output(oof_output, ("csv",))
+    store = local_store_folder()
+    if store is not None:  # the MLflow store must accept the run after minutes of training
+        check_folder(store, f"MLflow store {store}")
     console = Console(quiet=quiet)
     from soilcarbon.training.data import load_inputs
 
@@ -129,7 +104,7 @@ def train_command(
     # the environment variable carries the filter into the worker processes
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
     warnings.filterwarnings("ignore", category=UserWarning)
-    with ProgressBar(quiet) as progress:
+    with Progress(quiet, "training") as progress:
         result = train(data_spectra, target, cov_table, config, id_col, folds, group, coord_cols, nested,
                        progress, covariates_source=str(covariates) if covariates else "covariates")
     for note in result.notes:

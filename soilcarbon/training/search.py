@@ -5,6 +5,7 @@ instead when its cross-validated RMSE (weights fitted without the fold they pred
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from sklearn.base import clone
 
 from soilcarbon.models.ensemble import WeightedEnsemble, stacking_weights
 from soilcarbon.models.layout import FeatureLayout
+from soilcarbon.process import die_with_parent
 from soilcarbon.training.candidates import build_candidate, transform_allowed
 from soilcarbon.training.config import CandidateSpec, TrainConfig
 
@@ -56,7 +58,8 @@ class Selection:
         return pd.DataFrame(rows).sort_values("cv_rmse").reset_index(drop=True)
 
 
-def _fit_predict(estimator, X, y, train, test):
+def _fit_predict(estimator, X, y, train, test, parent_pid: int):
+    die_with_parent(parent_pid)  # a loky worker must not outlive a killed `train`
     started = time.perf_counter()
     model = clone(estimator).fit(X[train], y[train])
     return np.ravel(model.predict(X[test])), time.perf_counter() - started
@@ -69,7 +72,7 @@ def evaluate(specs: list, X: np.ndarray, y: np.ndarray, labels: np.ndarray, layo
     folds = np.unique(labels)
     tasks = [(i, f) for i in range(len(specs)) for f in folds]
     estimators = [build_candidate(s, layout, preprocessing, seed) for s in specs]
-    jobs = (delayed(_fit_predict)(estimators[i], X, y, labels != f, labels == f) for i, f in tasks)
+    jobs = (delayed(_fit_predict)(estimators[i], X, y, labels != f, labels == f, os.getpid()) for i, f in tasks)
     oof = np.zeros((len(specs), len(y)))
     seconds = np.zeros(len(specs))
     results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)

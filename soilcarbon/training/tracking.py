@@ -30,6 +30,14 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def local_store_folder() -> Path | None:
+    """The folder of a local SQLite tracking store (database and artifacts), or None for a server."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent
+    return None
+
+
 def quiet_mlflow() -> None:
     """Keep MLflow's info logs and advisory warnings off the user's terminal."""
     import logging
@@ -210,7 +218,10 @@ def promote(name: str, version: str, alias: str = "champion") -> None:
         client.get_model_version(name, str(version))
     except MlflowException as exc:
         raise SoilCarbonError(f"model {name!r} has no version {version}; see `soilcarbon models list`") from exc
-    client.set_registered_model_alias(name, alias, str(version))
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException as exc:  # reserved ('latest', 'v1') or invalid alias names
+        raise SoilCarbonError(f"--alias {alias!r}: {exc.message}") from exc
 
 
 def model_version_info(uri: str) -> dict:

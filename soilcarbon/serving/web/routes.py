@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.serving.predict import Progress
+from soilcarbon.progress import Progress
 from soilcarbon.serving.web import PAGES, STATIC, TEMPLATES
 from soilcarbon.serving.web.charts import interval_chart, spectra_chart
 from soilcarbon.serving.web.uploads import ZIP_EXPANSION, WebError, save_uploads
