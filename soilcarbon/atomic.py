@@ -23,7 +23,7 @@ from soilcarbon.errors import SoilCarbonError
 
 
 OUTPUT_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".png": "png", ".svg": "svg", ".pdf": "pdf",
-                ".tif": "tif", ".tiff": "tif"}
+                ".tif": "tif", ".tiff": "tif", ".html": "html", ".json": "json"}
 
 
 def output_kind(path, kinds) -> str:

@@ -151,13 +151,11 @@ def compare_command(
         raise SoilCarbonError("--target is required with test data: the observed column to compare against")
     if target and spectra is None and covariates is None:
         raise SoilCarbonError("--target needs test data: pass --spectra (and --lab when the values are there)")
-    for path, suffix in ((output, (".html", ".htm")), (json_output, (".json",))):
+    from soilcarbon.atomic import check_output
+
+    for path, kind in ((output, "html"), (json_output, "json")):
         if path is not None:
-            if path.suffix.lower() not in suffix:
-                raise SoilCarbonError(f"{path}: name the file {suffix[0]}")
-            folder = path.parent if str(path.parent) else Path(".")
-            if not folder.is_dir():
-                raise SoilCarbonError(f"{path}: folder {folder} does not exist; create it first")
+            check_output(path, (kind,))
     versions = resolve_versions(list(uris))
     if target:
         comparison = compare_on_test(versions, spectra, target, lab, covariates, id_col, unit, level, resamples, seed)

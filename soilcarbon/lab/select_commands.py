@@ -189,12 +189,10 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
 
 def plot_selection(result: Selection, path, title: str | None = None) -> Path:
     """Candidates, library and chosen samples on the first two principal axes of the space."""
-    from soilcarbon.spectral.plot import PLOT_FORMATS
+    from soilcarbon.spectral.plot import check_plot
 
     path = Path(path)
-    fmt = PLOT_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise SoilCarbonError(f"{path}: plots are written as .png, .svg or .pdf; change the file name")
+    fmt = check_plot(path)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -269,16 +267,12 @@ def select_command(
         raise SoilCarbonError(f"--n must be at least 1, got {n}")
     if spectra is None and covariates is None:
         raise SoilCarbonError("give --spectra, --covariates or both")
-    for path, what in ((output, "--output"), (plot, "--plot")):
-        if path is not None:
-            folder = path.parent if str(path.parent) else Path(".")
-            if not folder.is_dir():
-                raise SoilCarbonError(f"{path}: folder {folder} does not exist; create it first ({what})")
-    if plot is not None:
-        from soilcarbon.spectral.plot import PLOT_FORMATS
+    from soilcarbon.atomic import check_output
+    from soilcarbon.spectral.plot import check_plot
 
-        if plot.suffix.lower() not in PLOT_FORMATS:
-            raise SoilCarbonError(f"{plot}: plots are written as .png, .svg or .pdf; change the file name")
+    check_output(output, ("csv",))
+    if plot is not None:
+        check_plot(plot)
     n_components = None
     if components is not None:
         n_components = int(components) if float(components).is_integer() and components >= 1 else float(components)

@@ -48,10 +48,12 @@ def _write_csv(path: Path, frame) -> None:
 
 
 def _check_output(path: Path, option: str, suffix: str) -> None:
-    if path.suffix.lower() != suffix:
-        raise SoilCarbonError(f"{option} {path}: must end with {suffix}")
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise SoilCarbonError(f"{option} {path}: folder {path.parent} does not exist; create it first")
+    from soilcarbon.atomic import check_output
+
+    try:
+        check_output(path, (suffix.lstrip("."),))
+    except SoilCarbonError as exc:
+        raise SoilCarbonError(f"{option} {exc}") from exc
 
 
 def _level(level: float) -> float:
