@@ -3,8 +3,8 @@
 ``predict`` returns, per sample, the prediction, the interval bounds at the requested level,
 the level, ``in_domain`` and ``domain_score``. Rows with missing values get empty outputs and
 do not stop the other rows; so do rows the model cannot process (values beyond ``MAX_ABS_VALUE``,
-a flat spectrum before SNV), whose reasons are in ``result.attrs["failures"]`` (row position ->
-message).
+a flat, saturated or clipped scan: :func:`soilcarbon.spectral.quality.scan_problems`), whose
+reasons are in ``result.attrs["failures"]`` (row position -> message).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pandas as pd
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN, FeatureLayout
 from soilcarbon.spectral.pipeline import shared_preprocessing
+from soilcarbon.spectral.quality import scan_problems
 
 OUTPUT_COLUMNS = ["prediction", "lower", "upper", "level", "in_domain", "domain_score"]
 #: Rows predicted together: large enough to amortize per-call costs, small enough that the
@@ -52,6 +53,12 @@ class SOCModel:
         ok = peak <= MAX_ABS_VALUE
         failures = {int(row): f"values up to {peak[row]:.3g} are beyond what the model can process "
                               f"(|x| <= {MAX_ABS_VALUE:.0e})" for row in np.flatnonzero(peak > MAX_ABS_VALUE)}
+        if self.layout.n_spectral >= 2:  # a blank, saturated or clipped scan is not a measurement
+            candidates = np.flatnonzero(ok)
+            block = X[:, self.layout.spectral_index] if len(candidates) == len(X) else X[candidates, self.layout.spectral_index]
+            for k, reason in scan_problems(block).items():
+                failures[int(candidates[k])] = reason
+                ok[candidates[k]] = False
         rows = np.flatnonzero(ok)
         for start in range(0, len(rows), BLOCK_ROWS):
             block = rows[start:start + BLOCK_ROWS]

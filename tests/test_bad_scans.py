@@ -1,0 +1,102 @@
+"""No believable number from a bad scan (issue 10): each input that used to give a normal-looking
+prediction is reproduced on real files and run through the real entry points (CLI, pyfunc, REST).
+
+Models are the session-wide ones of ``serving_models`` (real PLS calibrations on nirsoil and on
+the opus-sample MIR spectra, in a real MLflow SQLite store).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cli_helpers import cli_in_process, only_error_line
+from conftest import CORN_DIR, NIRSOIL_CSV, OPUS_DIR, SHARED_DATA
+from serving_models import serving_store
+
+from soilcarbon.spectral.quality import scan_problems
+
+NIR = "models:/soc-nir/1"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, shared_data):
+    return serving_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def nir_rows() -> pd.DataFrame:
+    return pd.read_csv(NIRSOIL_CSV, nrows=12)
+
+
+def only(folder, *names) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+def spectral_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.replace(".", "").isdigit()]
+
+
+# ------------------------------------------------------------------------------------------ 1. scan quality
+def test_no_real_spectrum_is_flagged(shared_data):
+    """The thresholds were chosen so that no real scan of ../shared/data is a bad scan, including
+    LimeSoDa's SC.93 whose reflectance is rounded to 0.1 % (runs of up to 200 equal values)."""
+    from soilcarbon.spectral.readers import read_spectra
+
+    sources = [NIRSOIL_CSV, OPUS_DIR, *sorted(CORN_DIR.glob("*.csv")), SHARED_DATA / "limesoda" / "SC.93.parquet"]
+    for source in sources:
+        spectra = read_spectra(source, allow_nan=True)
+        complete = ~np.isnan(spectra.values).any(axis=1)
+        assert complete.sum() >= 40, source
+        assert scan_problems(spectra.values[complete]) == {}, source
+
+
+def bad_scans(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows 0-3 real; the others: constants from a blank (0.001) to a saturated (2.0) scan, a flat
+    scan with tiny noise, a real scan clipped at its 70th percentile, and one 60 % filled with 0.5."""
+    frame = rows.copy()
+    columns = spectral_columns(frame)
+    values = frame[columns].to_numpy(dtype=float, copy=True)
+    for row, constant in zip(range(4, 8), (0.001, 0.3, 1.0, 2.0)):
+        values[row] = constant
+    values[8] = 0.4 + np.random.default_rng(0).normal(0, 1e-6, len(columns))
+    values[9] = np.minimum(values[9], np.quantile(values[9], 0.7))
+    values[10, 100:520] = 0.5
+    values[11] = 0.0
+    frame[columns] = values
+    return frame
+
+
+EXPECTED = {4: "flat spectrum: every one of its 700 values is 0.001", 5: "every one of its 700 values is 0.3",
+            6: "every one of its 700 values is 1 ", 7: "every one of its 700 values is 2 ",
+            8: "flat spectrum: its values vary by", 9: "clipped or mostly constant spectrum: 210 of its 700 values (30%) are exactly 0.417047 (its maximum)",
+            10: "420 of its 700 values (60%) are exactly 0.5 (its maximum)", 11: "every one of its 700 values is 0 "}
+
+
+def test_bad_scans_are_problems_on_the_cli(store, tmp_path, nir_rows, capsys):
+    source = tmp_path / "scans.csv"
+    bad_scans(nir_rows).to_csv(source, index=False)
+    out, problems = tmp_path / "pred.csv", tmp_path / "problems.csv"
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "-o", out,
+                                     "--problems", problems, "--quiet")
+    assert code == 0, stderr
+    predicted = pd.read_csv(out)
+    assert predicted["prediction"].iloc[:4].notna().all()
+    assert predicted["prediction"].iloc[4:].isna().all() and predicted["upper"].iloc[4:].isna().all()
+    reasons = pd.read_csv(problems).set_index("sample_id")["reason"]
+    for row, text in EXPECTED.items():
+        assert text in reasons[nir_rows["sample_id"][row]] + " ", (row, reasons[nir_rows["sample_id"][row]])
+    assert "clipped or mostly constant spectrum" in stderr
+
+
+def test_bad_scans_through_the_pyfunc(store, nir_rows):
+    """The rule is in the model itself: ``mlflow.pyfunc.load_model(...).predict`` gives no number either."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(NIR)
+    frame = bad_scans(nir_rows)[["sample_id", *spectral_columns(nir_rows)]]
+    result = model.predict(frame)
+    assert result["prediction"].iloc[:4].notna().all()
+    assert result["prediction"].iloc[4:].isna().all()
+    assert not result["in_domain"].iloc[4:].any()
