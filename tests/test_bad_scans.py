@@ -100,3 +100,44 @@ def test_bad_scans_through_the_pyfunc(store, nir_rows):
     assert result["prediction"].iloc[:4].notna().all()
     assert result["prediction"].iloc[4:].isna().all()
     assert not result["in_domain"].iloc[4:].any()
+
+
+@pytest.fixture(scope="module")
+def api(store):
+    """The real FastAPI app of ``soilcarbon serve`` for models:/soc-nir/1, called in this process."""
+    from fastapi.testclient import TestClient
+
+    from soilcarbon.serving.api import create_app
+
+    with TestClient(create_app(NIR)) as client:
+        yield client
+
+
+def request_body(rows: pd.DataFrame, **extra) -> dict:
+    columns = spectral_columns(rows)
+    samples = [{"id": str(sid), "values": [None if np.isnan(v) else float(v) for v in row]}
+               for sid, row in zip(rows["sample_id"], rows[columns].to_numpy(dtype=float))]
+    return {"axis": [float(c) for c in columns], "unit": "nm", "samples": samples, **extra}
+
+
+# ------------------------------------------------------------------------------------------ 3. level
+def test_level_beyond_the_calibration_is_refused(store, tmp_path, capsys, nir_rows, api):
+    """200 calibration samples support finite bounds up to 200/201 = 0.9950; 0.999 used to give
+    upper = inf (CLI) and null (REST) with exit 0."""
+    source = tmp_path / "five.csv"
+    nir_rows.head(5).to_csv(source, index=False)
+    out = tmp_path / "pred.csv"
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "-o", out,
+                                     "--level", "0.999")
+    assert code == 2
+    line = only_error_line(stderr)
+    assert "level 0.999 is more than this model's calibration supports" in line
+    assert "the highest supported level is 0.9950" in line
+    only(tmp_path, "five.csv")
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "-o", out,
+                                     "--level", "0.995", "--quiet")
+    assert code == 0, stderr
+    assert np.isfinite(pd.read_csv(out)[["lower", "upper"]].to_numpy()).all()
+    answer = api.post("/v1/predict", json=request_body(nir_rows.head(2), level=0.999))
+    assert answer.status_code == 422
+    assert "the highest supported level is 0.9950" in answer.json()["error"]

@@ -44,9 +44,20 @@ class SOCModel:
     def difficulty_features(self, X: np.ndarray) -> np.ndarray:
         return self.domain.scores(self.domain_features.transform(X))
 
+    @property
+    def max_level(self) -> float:
+        """The highest interval level the calibration supports with finite bounds."""
+        supported = getattr(self.calibrator, "max_level", None)
+        return float(supported()) if callable(supported) else 1.0
+
+    def check_level(self, level) -> float:
+        """``level`` as a float; a level the calibration cannot support (its upper bound would be
+        infinite) is an error stating the highest it supports."""
+        return checked_level(level, self.max_level)
+
     def predict_matrix(self, X: np.ndarray, level: float | None = None) -> pd.DataFrame:
         """Predictions for a model matrix ``[spectra | covariates]`` (rows may hold NaN)."""
-        level = self.level if level is None else float(level)
+        level = self.check_level(self.level if level is None else level)
         X = np.asarray(X, dtype=float)
         values = np.full((len(X), 4), np.nan)  # prediction, lower, upper, domain score
         peak = np.abs(X).max(axis=1, initial=0.0)  # NaN where a value is missing
@@ -106,3 +117,20 @@ class SOCModel:
             result.insert(0, ID_COLUMN, frame[ID_COLUMN].astype(str).to_numpy())
         return result
 
+
+
+def checked_level(level, max_level: float = 1.0) -> float:
+    """``level`` as a float in (0, 1) and at most ``max_level`` (the calibration's limit), else a
+    :class:`SoilCarbonError` saying what is supported. The one level rule of every entry point."""
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise SoilCarbonError(f"level must be a number between 0 and 1, got {level!r}") from None
+    if not 0.0 < value < 1.0:
+        raise SoilCarbonError(f"level must be between 0 and 1 (e.g. 0.9 for 90% intervals), got {level!r}")
+    if value > max_level:
+        shown = np.floor(max_level * 10_000) / 10_000
+        raise SoilCarbonError(
+            f"level {value:g} is more than this model's calibration supports: its upper bounds would be "
+            f"infinite; the highest supported level is {shown:.4f}; use a lower level")
+    return value

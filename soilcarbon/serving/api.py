@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.serving.predict import ServedModel, check_level, load_model, predict_spectra
+from soilcarbon.serving.predict import ServedModel, load_model, predict_spectra
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1000
@@ -289,7 +289,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
     def predict(request: PredictRequest):
         model = state["model"]
         check_batch(len(request.samples))
-        level = None if request.level is None else check_level(request.level)
+        level = model.check_level(request.level)
         ids = [str(s.id) for s in request.samples]
         spectra = None
         if model.axis is not None:
@@ -313,7 +313,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
                      level: Optional[float] = Form(None, description="Interval level in (0, 1)."),
                      id_pattern: Optional[str] = Form(None, description="Regex with one group: OPUS sample id.")):
         model = state["model"]
-        level = None if level is None else check_level(level)
+        level = model.check_level(level)
         with tempfile.TemporaryDirectory(prefix="soilcarbon-upload-") as folder:
             try:
                 spectra, covariates = _read_uploads(files, Path(folder), model, unit, id_col, id_pattern)

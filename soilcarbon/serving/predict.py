@@ -45,6 +45,7 @@ import pandas as pd
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN, FeatureLayout
 from soilcarbon.models.soc_model import OUTPUT_COLUMNS as MODEL_OUTPUTS
+from soilcarbon.models.soc_model import checked_level
 from soilcarbon.spectral.spectra import (
     PARQUET_UNIT_KEY,
     PREFIX_UNITS,
@@ -92,6 +93,12 @@ class ServedModel:
     #: ``SOCPyfunc.predict_matrix(X, level)``: what ``fast_predict`` computes, from the matrix
     #: itself instead of a table of its columns; set only with ``fast_predict`` (see :func:`_matrix_predict`).
     matrix_predict: object = None
+    #: The highest interval level the model's calibration supports (1.0 when unknown).
+    max_level: float = 1.0
+
+    def check_level(self, level=None) -> float:
+        """``level`` (default: the model's) checked against (0, 1) and the calibration's limit."""
+        return checked_level(self.level if level is None else level, self.max_level)
 
     @property
     def layout(self) -> FeatureLayout:
@@ -122,7 +129,7 @@ class ServedModel:
 
     def predict_matrix(self, ids, X: np.ndarray, level: float | None = None) -> pd.DataFrame:
         """Outputs for model-ordered rows ``X`` (n, len(columns)); rows holding NaN get empty outputs."""
-        level = check_level(self.level if level is None else level)
+        level = self.check_level(level)
         X = np.asarray(X, dtype=float)
         names = np.array([str(i) for i in ids], dtype=object)
         if self.matrix_predict is not None:
@@ -142,13 +149,9 @@ class ServedModel:
 
 
 def check_level(level) -> float:
-    try:
-        value = float(level)
-    except (TypeError, ValueError):
-        raise SoilCarbonError(f"level must be a number between 0 and 1, got {level!r}") from None
-    if not 0.0 < value < 1.0:
-        raise SoilCarbonError(f"level must be between 0 and 1 (e.g. 0.9 for 90% intervals), got {level!r}")
-    return value
+    """``level`` as a float in (0, 1) (no model at hand; :meth:`ServedModel.check_level` also
+    checks the calibration's limit)."""
+    return checked_level(level)
 
 
 def resolve_model_uri(uri: str, client=None) -> tuple[str, str | None, str | None]:
@@ -228,6 +231,10 @@ def load_model(uri: str) -> ServedModel:
         level=float(meta.get("level", 0.9)), target=str(meta.get("target", "")),
         target_unit=str(meta.get("target_unit", "")), name=name, version=version,
     )
+    try:
+        served.max_level = float(loaded.unwrap_python_model().model.max_level)
+    except Exception:  # not a soilcarbon PythonModel (MLflow raises MlflowException), or an older one
+        served.max_level = 1.0
     served.fast_predict = _verified_predict(loaded, [ID_COLUMN] + served.columns)
     if served.fast_predict is not None:
         served.matrix_predict = _matrix_predict(loaded, served.columns)
@@ -536,7 +543,7 @@ def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.
     Spectra are aligned to the model axis; ``covariates`` is a table indexed by sample id.
     Missing values or covariates are an error here (callers validate whole requests).
     """
-    level = check_level(model.level if level is None else level)
+    level = model.check_level(level)
     if spectra is None and covariates is None:
         raise SoilCarbonError("nothing to predict: send spectra and/or covariates")
     if model.axis is None and spectra is not None and covariates is None:
@@ -869,7 +876,7 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
         raise SoilCarbonError(f"{output}: folder {output.parent} does not exist; create it first")
     level_value = None if level is None else check_level(level)
     model = load_model(model) if isinstance(model, str) else model
-    level_value = model.level if level_value is None else level_value
+    level_value = model.check_level(level_value)
     if model.axis is not None and spectra is None:
         raise SoilCarbonError(f"the model {model.uri} needs spectra ({len(model.axis)} points "
                               f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} "

@@ -154,7 +154,7 @@ def predict_spark(model, spectra, output, covariates=None, id_col: str = ID_COLU
         raise SoilCarbonError(f"{problems_output}: the problems report is a CSV file; name it .csv")
     level_value = None if level is None else check_level(level)
     model = load_model(model) if isinstance(model, str) else model
-    level_value = model.level if level_value is None else level_value
+    level_value = model.check_level(level_value)
     cov_table = read_covariates(Path(covariates), id_col) if covariates is not None else None
     stored_unit = _stored_unit(spectra_text)
 
