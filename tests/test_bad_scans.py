@@ -141,3 +141,35 @@ def test_level_beyond_the_calibration_is_refused(store, tmp_path, capsys, nir_ro
     answer = api.post("/v1/predict", json=request_body(nir_rows.head(2), level=0.999))
     assert answer.status_code == 422
     assert "the highest supported level is 0.9950" in answer.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------ 4. decimal comma
+def test_semicolon_decimal_comma_csv_is_read(store, tmp_path, capsys, nir_rows):
+    """A European-locale export (``;`` between fields, ``0,3127``) used to predict 0 of 10 samples, exit 0."""
+    rows = nir_rows.head(10)[["sample_id", *spectral_columns(nir_rows)]]
+    plain, european = tmp_path / "plain.csv", tmp_path / "european.csv"
+    rows.to_csv(plain, index=False)
+    rows.to_csv(european, index=False, sep=";", decimal=",")
+    outputs = []
+    for source in (plain, european):
+        out = tmp_path / f"pred-{source.stem}.csv"
+        code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "-o", out, "--quiet")
+        assert code == 0, stderr
+        outputs.append(pd.read_csv(out))
+    assert outputs[1]["prediction"].notna().all()
+    pd.testing.assert_frame_equal(outputs[0], outputs[1])
+    from soilcarbon.spectral.readers import read_spectra
+
+    assert np.array_equal(read_spectra(european).values, read_spectra(plain).values)
+
+
+def test_a_run_that_predicts_nothing_is_an_error(store, tmp_path, capsys, nir_rows):
+    frame = bad_scans(nir_rows).iloc[4:8]
+    source = tmp_path / "blank.csv"
+    frame.to_csv(source, index=False)
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "-o",
+                                     tmp_path / "pred.csv")
+    assert code == 2
+    line = only_error_line(stderr)
+    assert f"{source}: none of the 4 sample(s) could be predicted (first: sample NIRsoil-5: not predictable: flat" in line
+    only(tmp_path, "blank.csv")

@@ -584,11 +584,11 @@ def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.
 
 # ============================================================================ readers
 def _csv_chunks(path: Path, plan: InputPlan, chunk_size: int, on_bytes: Callable[[int], None] | None):
-    from soilcarbon.spectral.readers import _sniff_delimiter
+    from soilcarbon.spectral.readers import sniff_csv
 
-    delimiter = _sniff_delimiter(path)
+    delimiter, decimal = sniff_csv(path)
     with open(path, "rb") as handle:
-        reader = pd.read_csv(handle, sep=delimiter, chunksize=chunk_size, dtype={plan.id_col: str},
+        reader = pd.read_csv(handle, sep=delimiter, decimal=decimal, chunksize=chunk_size, dtype={plan.id_col: str},
                              encoding="utf-8-sig")
         start = 0
         while True:
@@ -666,12 +666,12 @@ def _open_parquet(path: Path):
 
 
 def _csv_header(path: Path) -> list[str]:
-    from soilcarbon.spectral.readers import _sniff_delimiter
+    from soilcarbon.spectral.readers import sniff_csv
 
     if path.stat().st_size == 0:
         raise SoilCarbonError(f"{path}: the file is empty; export the table with a header row")
     try:
-        header = pd.read_csv(path, sep=_sniff_delimiter(path), nrows=0, encoding="utf-8-sig")
+        header = pd.read_csv(path, sep=sniff_csv(path)[0], nrows=0, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise SoilCarbonError(f"{path}: cannot read the header ({' '.join(str(exc).split())}); "
                               "save the table as UTF-8 CSV with a header row") from exc
@@ -913,6 +913,8 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
                 summary.n_predicted += int((~prepared.problem_rows).sum())
                 summary.add_problems(prepared.problems)
                 progress.update(completed=None if source.by_bytes else summary.n_samples, samples=summary.n_samples)
+            if summary.n_predicted == 0:  # an output of empty rows is not a success
+                raise nothing_predicted(main_path, summary)
             writer.close()
         except BaseException:
             writer.abort()
@@ -922,6 +924,15 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
             pd.DataFrame(summary.problems, columns=[ID_COLUMN, "reason"]).to_csv(tmp, index=False)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def nothing_predicted(source, summary: PredictionSummary) -> SoilCarbonError:
+    """The error of a run that predicted no sample (nothing is written)."""
+    if summary.n_samples == 0 and not summary.problems:
+        return SoilCarbonError(f"{source}: no samples to predict; the input holds a header but no rows")
+    first = f" (first: sample {summary.problems[0][0]}: {summary.problems[0][1]})" if summary.problems else ""
+    return SoilCarbonError(f"{source}: none of the {max(summary.n_samples, summary.n_problems)} sample(s) could be "
+                           f"predicted{first}; nothing was written")
 
 
 @dataclass

@@ -40,6 +40,7 @@ from soilcarbon.serving.predict import (
     _Writer,
     check_level,
     load_model,
+    nothing_predicted,
     output_kind,
     plan_input,
     prepare_chunk,
@@ -179,6 +180,8 @@ def predict_spark(model, spectra, output, covariates=None, id_col: str = ID_COLU
                 result.write.parquet(str(staging))
                 with atomic_path(Path(output_text)) as tmp:
                     _merge(staging, tmp, kind, summary)
+                    if summary.n_samples == summary.n_problems:
+                        raise nothing_predicted(spectra_text, summary)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         summary.n_predicted = summary.n_samples - summary.n_problems
