@@ -173,3 +173,75 @@ def test_a_run_that_predicts_nothing_is_an_error(store, tmp_path, capsys, nir_ro
     line = only_error_line(stderr)
     assert f"{source}: none of the 4 sample(s) could be predicted (first: sample NIRsoil-5: not predictable: flat" in line
     only(tmp_path, "blank.csv")
+
+
+# ------------------------------------------------------------------------------------------ 5. ids and headers
+def predict_error(capsys, tmp_path, frame: pd.DataFrame, *extra) -> str:
+    """Write ``frame`` (header as given) and run ``predict``: exit 2, one error line, no output."""
+    source = tmp_path / "input.csv"
+    frame.to_csv(source, index=False)
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "-o",
+                                     tmp_path / "pred.csv", *extra)
+    assert code == 2, stderr
+    only(tmp_path, "input.csv")
+    return only_error_line(stderr)
+
+
+def test_duplicate_ids_in_predict_input(store, tmp_path, capsys, nir_rows):
+    frame = nir_rows.head(6).copy()
+    frame.loc[4, "sample_id"] = "NIRsoil-2"
+    line = predict_error(capsys, tmp_path, frame)
+    assert "input.csv: duplicate sample id(s) NIRsoil-2; every sample needs its own id" in line
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: {"1500": "abc"}, "column 'abc' stands where the spectral point between '1498' and '1502' is missing"),
+    (lambda c: {"1502": "1500"}, "column(s) '1500' appear more than once"),
+    (lambda c: {"1502": "1500.0"}, "spectral column '1500.0' follows '1500': spectral columns must be in increasing"),
+])
+def test_bad_spectral_headers_are_refused_naming_the_column(store, tmp_path, capsys, nir_rows, edit, message):
+    """``abc`` used to become metadata and its point be interpolated; a repeated ``1500`` was read by
+    pandas as a new point ``1500.1``. Training (read_spectra) applies the same rule."""
+    from soilcarbon.errors import SoilCarbonError
+    from soilcarbon.spectral.readers import read_spectra
+
+    frame = nir_rows.head(4)
+    names = [edit(None).get(c, c) for c in frame.columns]
+    frame = frame.set_axis(names, axis=1)
+    assert message in predict_error(capsys, tmp_path, frame)
+    (tmp_path / "pred.csv").unlink(missing_ok=True)
+    with pytest.raises(SoilCarbonError, match=message.split(":")[0].replace("(", r"\(").replace(")", r"\)")):
+        read_spectra(tmp_path / "input.csv")
+
+
+def test_descending_nm_columns_need_the_unit(store, tmp_path, capsys, nir_rows):
+    """nm columns exported high to low used to be taken for cm-1 (then refused as out of range)."""
+    columns = spectral_columns(nir_rows)
+    frame = nir_rows.head(4)[["sample_id", *columns[::-1]]]
+    line = predict_error(capsys, tmp_path, frame)
+    assert "spectral columns run downwards from '2498' to '1100'" in line and "--unit nm" in line
+    out = tmp_path / "pred.csv"
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", tmp_path / "input.csv",
+                                     "-o", out, "--unit", "nm", "--quiet")
+    assert code == 0, stderr
+    assert pd.read_csv(out)["prediction"].notna().all()
+
+
+# ------------------------------------------------------------------------------------------ 2. coarse grid
+def test_coarser_grid_than_the_model(store, tmp_path, capsys, nir_rows):
+    """10 nm data for the 2 nm model is refused with the factor; 4 nm is re-gridded and said so."""
+    columns = spectral_columns(nir_rows)
+    line = predict_error(capsys, tmp_path, nir_rows.head(4)[["sample_id", *columns[::5]]])
+    assert "spaced every 10 nm, 5.0 times coarser than the model's 2 nm; at most 2 times" in line
+    source, out = tmp_path / "four.csv", tmp_path / "pred4.csv"
+    nir_rows.head(4)[["sample_id", *columns[::2]]].to_csv(source, index=False)
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "-o", out, "--quiet")
+    assert code == 0, stderr
+    assert f"note: {source}: re-gridded 350 points 1100-2496 nm (step 4 nm) onto the model's 700 points" in stderr
+    import mlflow
+
+    from soilcarbon.errors import SoilCarbonError
+
+    python_model = mlflow.pyfunc.load_model(NIR).unwrap_python_model()  # MLflow's schema check would stop it first
+    with pytest.raises(SoilCarbonError, match="5.0 times coarser"):
+        python_model.predict(None, nir_rows.head(2)[["sample_id", *columns[::5]]])

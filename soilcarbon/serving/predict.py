@@ -26,7 +26,8 @@
   :class:`SoilCarbonError`.
 - The output (CSV or Parquet) is written through :func:`atomic_path`: a failure at any point, even
   in the last chunk, leaves no file under the output name.
-- Duplicate sample ids are not an error here: every input row gives one output row, in order.
+- Every input row gives one output row, in order; a sample id used twice stops the job
+  (:func:`check_unique_ids`), as in training and the REST service.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -48,13 +49,11 @@ from soilcarbon.models.soc_model import OUTPUT_COLUMNS as MODEL_OUTPUTS
 from soilcarbon.models.soc_model import checked_level
 from soilcarbon.spectral.spectra import (
     PARQUET_UNIT_KEY,
-    PREFIX_UNITS,
     Spectra,
-    check_unit,
     convert_axis,
+    check_resolution,
     format_axis_value,
-    guess_unit,
-    parse_spectral_header,
+    spectral_header,
 )
 
 OUTPUT_COLUMNS = [ID_COLUMN, *MODEL_OUTPUTS, "model_uri"]
@@ -299,29 +298,6 @@ class InputPlan:
     line_offset: int = 2  # file line of the first data row (CSV: header is line 1); 0: "row N"; -1: unknown
 
 
-def table_axis(columns: Iterable[str], id_col: str, unit: str | None, stored_unit: str | None,
-               source: str) -> tuple[list[str], np.ndarray | None, str | None]:
-    """Spectral columns, axis and unit of a table header (same rules as :meth:`Spectra.from_frame`)."""
-    parsed = {c: parse_spectral_header(c) for c in columns if c != id_col}
-    spectral = [c for c, p in parsed.items() if p is not None]
-    if len(spectral) < 2:
-        return [], None, None
-    prefixes = {parsed[c][1].lower() for c in spectral}
-    if len(prefixes) > 1:
-        raise SoilCarbonError(f"{source}: spectral columns mix prefixes {sorted(prefixes)}; use one")
-    prefix = prefixes.pop()
-    axis = np.array([parsed[c][0] for c in spectral])
-    if unit is not None:
-        unit = check_unit(unit, source)
-    elif stored_unit:
-        unit = check_unit(stored_unit, source)
-    elif PREFIX_UNITS.get(prefix):
-        unit = PREFIX_UNITS[prefix]
-    else:
-        unit = guess_unit(axis)
-    return spectral, axis, unit
-
-
 def plan_input(model: ServedModel, columns: list[str], source: str, id_col: str = ID_COLUMN,
                unit: str | None = None, stored_unit: str | None = None,
                covariates: pd.DataFrame | None = None, covariate_source: str = "",
@@ -337,14 +313,14 @@ def plan_input(model: ServedModel, columns: list[str], source: str, id_col: str 
                               f"{', '.join(columns[:5])}); pass the id column name with --id-col")
     plan = InputPlan(source=source, id_col=id_col, line_offset=line_offset)
     if model.axis is not None:
-        spectral, axis, in_unit = table_axis(columns, id_col, unit, stored_unit, source)
-        if not spectral:
+        header = spectral_header(columns, id_col, unit, stored_unit, source)
+        if header is None:
             raise SoilCarbonError(
                 f"{source}: no spectral columns found; the model {model.uri} expects {len(model.axis)} points "
                 f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} {model.unit} "
                 "in columns with numeric headers such as '1100'")
-        plan.spectral_columns, plan.axis, plan.unit = spectral, axis, in_unit
-        plan.exact = check_alignment(model, axis, in_unit, source)
+        plan.spectral_columns, plan.axis, plan.unit = header.columns, header.axis, header.unit
+        plan.exact = check_alignment(model, header.axis, header.unit, source)
     if model.covariates:
         if covariates is not None:
             missing = [c for c in model.covariates if c not in covariates.columns]
@@ -365,7 +341,8 @@ def plan_input(model: ServedModel, columns: list[str], source: str, id_col: str 
 
 
 def check_alignment(model: ServedModel, axis: np.ndarray, unit: str, source: str) -> bool:
-    """True when ``axis`` (in ``unit``) is the model axis; raise when it cannot be aligned to it."""
+    """True when ``axis`` (in ``unit``) is the model axis; raise when it cannot be aligned to it
+    (range, or a resolution much coarser than the model's: :func:`check_resolution`)."""
     own = convert_axis(axis, unit, model.unit)
     if len(own) == len(model.axis) and np.allclose(own, model.axis, rtol=0, atol=1e-9):
         return True
@@ -380,6 +357,7 @@ def check_alignment(model: ServedModel, axis: np.ndarray, unit: str, source: str
             f"{source}: the spectra cover {have} but the model {model.uri} needs {_range_text(model.axis)} "
             f"{model.unit} ({len(model.axis)} points); use spectra of that range or a model trained on this one"
         ) from None
+    check_resolution(axis, unit, model.axis, model.unit, source)
     return False
 
 
@@ -666,16 +644,23 @@ def _open_parquet(path: Path):
 
 
 def _csv_header(path: Path) -> list[str]:
+    """The header line's column names as written (``csv`` module: pandas would rename a repeated
+    ``1500`` to ``1500.1``, a new axis point)."""
+    import csv
+
     from soilcarbon.spectral.readers import sniff_csv
 
     if path.stat().st_size == 0:
         raise SoilCarbonError(f"{path}: the file is empty; export the table with a header row")
     try:
-        header = pd.read_csv(path, sep=sniff_csv(path)[0], nrows=0, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle, delimiter=sniff_csv(path)[0]), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise SoilCarbonError(f"{path}: cannot read the header ({' '.join(str(exc).split())}); "
                               "save the table as UTF-8 CSV with a header row") from exc
-    return [str(c) for c in header.columns]
+    if not header or not any(name.strip() for name in header):
+        raise SoilCarbonError(f"{path}: the first line is empty; export the table with a header row")
+    return list(header)
 
 
 def read_covariates(path: Path, id_col: str) -> pd.DataFrame:
@@ -803,6 +788,7 @@ class PredictionSummary:
     problems: list[tuple[str, str]] = field(default_factory=list)  # the first KEEP_PROBLEMS
     seconds: float = 0.0
     engine: str = "local"
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. re-gridding)
 
     def add_problems(self, problems: list[tuple[str, str]]) -> None:
         self.n_problems += len(problems)
@@ -892,6 +878,9 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
     source = open_input(model, main_path, id_col, unit, id_pattern, chunk_size, cov_table,
                         str(covariates) if covariates else "")
     summary.add_problems(source.failures)
+    if model.axis is not None and not source.plan.exact:  # say what was re-gridded
+        summary.notes.append(f"{main_path}: " + check_resolution(source.plan.axis, source.plan.unit, model.axis,
+                                                                 model.unit, str(main_path)))
 
     def work(item):
         start, frame, ids, values = item
@@ -907,7 +896,9 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
         source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)
         writer = _Writer(tmp, kind)
         try:
+            seen_ids: set = set()
             for prepared, result in _ordered_map(work, source.chunks(), workers, _one_openmp_thread):
+                check_unique_ids(prepared.ids, seen_ids, main_path)
                 writer.write(result)
                 summary.n_samples += len(result)
                 summary.n_predicted += int((~prepared.problem_rows).sum())
@@ -924,6 +915,19 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
             pd.DataFrame(summary.problems, columns=[ID_COLUMN, "reason"]).to_csv(tmp, index=False)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def check_unique_ids(ids, seen: set, source) -> None:
+    """Refuse sample ids repeated within ``ids`` or already in ``seen`` (updated), naming them:
+    two rows with one id give two numbers no one can tell apart (train and REST refuse them too)."""
+    present = pd.Series([i for i in ids if i is not None], dtype=object)
+    repeated = set(present[present.duplicated()]) | (set(present) & seen)
+    if repeated:
+        shown = sorted(map(str, repeated))
+        more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+        raise SoilCarbonError(f"{source}: duplicate sample id(s) {', '.join(shown[:5])}{more}; every sample needs "
+                              "its own id")
+    seen.update(present)
 
 
 def nothing_predicted(source, summary: PredictionSummary) -> SoilCarbonError:
