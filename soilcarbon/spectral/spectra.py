@@ -148,7 +148,10 @@ def convert_axis(axis: np.ndarray, from_unit: str, to_unit: str) -> np.ndarray:
 
 #: Input spectra whose point spacing is more than this many times the model's are refused: linear
 #: re-gridding cannot restore the bands a derivative or a PLS weight vector at the model's
-#: resolution reads (10 nm data given to a 2 nm NIR model moved predictions by up to 41 %).
+#: resolution reads. Measured on nirsoil (548 spectra subsampled, re-gridded, predicted by a
+#: Savitzky-Golay + SNV + PLS model at 2 nm; scratch script, not shipped): median change of the
+#: prediction 0.03 %C at 4 nm and 0.01 %C at 6 nm, but 0.19 %C at 8 nm and 0.23 %C at 10 nm. The
+#: limit stays at 2x because models with narrower derivative windows (or MBL) are more sensitive.
 MAX_STEP_RATIO = 2.0
 
 
