@@ -245,3 +245,44 @@ def test_coarser_grid_than_the_model(store, tmp_path, capsys, nir_rows):
     python_model = mlflow.pyfunc.load_model(NIR).unwrap_python_model()  # MLflow's schema check would stop it first
     with pytest.raises(SoilCarbonError, match="5.0 times coarser"):
         python_model.predict(None, nir_rows.head(2)[["sample_id", *columns[::5]]])
+
+
+# ------------------------------------------------------------------------------------------ 6. REST like the CLI
+def test_rest_reports_per_sample_problems_like_the_cli(store, tmp_path, capsys, nir_rows, api):
+    """A null value, an empty id and a flat scan used to reject the whole request (or, for the flat
+    scan, pass as a believable number); now each is a per-sample problem, as on the CLI."""
+    rows = nir_rows.head(5).copy()
+    body = request_body(rows)
+    body["samples"][1]["values"][7] = None
+    body["samples"][2]["id"] = "  "
+    body["samples"][3]["values"] = [0.8] * len(body["axis"])
+    answer = api.post("/v1/predict", json=body)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert [p["id"] for p in predictions] == ["NIRsoil-1", "NIRsoil-2", "", "NIRsoil-4", "NIRsoil-5"]
+    problems = [p["problem"] for p in predictions]
+    assert problems[0] is None and problems[4] is None
+    assert problems[1] == "1 missing spectral value(s), first in column '1114'"
+    assert problems[2] == "no sample id"
+    assert problems[3].startswith("not predictable: flat spectrum: every one of its 700 values is 0.8")
+    for k in (1, 2, 3):
+        assert predictions[k]["prediction"] is None and predictions[k]["upper"] is None
+    # the CLI on the same samples: same rows predicted, same reasons, same numbers
+    columns = spectral_columns(rows)
+    table = rows[["sample_id", *columns]].astype({columns[7]: float})
+    table.loc[1, columns[7]] = np.nan
+    table.loc[2, "sample_id"] = "  "
+    table.loc[3, columns] = 0.8
+    source, out, report = tmp_path / "same.csv", tmp_path / "pred.csv", tmp_path / "problems.csv"
+    table.to_csv(source, index=False)
+    code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "-o", out,
+                                     "--problems", report, "--quiet")
+    assert code == 0, stderr
+    cli = pd.read_csv(report)["reason"].tolist()
+    assert cli == [problems[1], problems[2], problems[3]]
+    expected = pd.read_csv(out)["prediction"].to_numpy()
+    got = np.array([np.nan if p["prediction"] is None else p["prediction"] for p in predictions])
+    np.testing.assert_allclose(got, expected, rtol=1e-9, equal_nan=True)
+    nan_text = answer.request.content.decode().replace("null", "NaN", 1)
+    assert api.post("/v1/predict", content=nan_text,
+                    headers={"content-type": "application/json"}).json()["predictions"][1]["problem"] == problems[1]

@@ -374,6 +374,7 @@ class Prepared:
     X: np.ndarray  # (n, len(model.columns)); rows with a problem are all NaN
     problems: list[tuple[str, str]]
     problem_rows: np.ndarray  # bool (n,)
+    reasons: dict[int, str] = field(default_factory=dict)  # row -> reason, for every problem row
 
 
 def _numeric(frame: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
@@ -394,6 +395,15 @@ def _numeric(frame: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
             bad_rows.setdefault(int(row), f"non-numeric value {series.iloc[row]!r} in column {column!r}")
         data[column] = coerced.to_numpy(dtype=float, na_value=np.nan)
     return np.column_stack([data[c] for c in frame.columns]) if data else np.empty((len(frame), 0)), bad_rows
+
+
+def sample_id(value) -> str | None:
+    """A sample id as text, or None when there is none (missing, empty or blank): the one id rule
+    of batch files and REST requests (such a sample is a per-sample problem, 'no sample id')."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
 
 
 def _row_name(ids: np.ndarray, row: int, start: int, plan: InputPlan) -> str:
@@ -424,7 +434,9 @@ def prepare_chunk(model: ServedModel, plan: InputPlan, frame: pd.DataFrame, star
         for row in np.where(missing)[0]:
             reasons[int(row)] = "no sample id"
     else:
-        ids = np.asarray([None if i is None else str(i) for i in ids], dtype=object)
+        ids = np.asarray([sample_id(i) for i in ids], dtype=object)
+        for row in np.flatnonzero(ids == None).tolist():  # noqa: E711 (element-wise)
+            reasons[row] = "no sample id"
     blocks = []
     if model.axis is not None:
         if spectra_values is None:
@@ -469,7 +481,7 @@ def prepare_chunk(model: ServedModel, plan: InputPlan, frame: pd.DataFrame, star
     if problem_rows.any():
         X = X.copy() if X.base is not None or X is spectra_values else X
         X[problem_rows] = np.nan
-    return Prepared(ids=ids, X=X, problems=problems, problem_rows=problem_rows)
+    return Prepared(ids=ids, X=X, problems=problems, problem_rows=problem_rows, reasons=reasons)
 
 
 def _flag_non_finite(values: np.ndarray, columns: list[str], reasons: dict[int, str]) -> np.ndarray:
@@ -505,8 +517,9 @@ def predict_prepared(model: ServedModel, prepared: Prepared, level: float) -> pd
     out = model.predict_matrix(ids, prepared.X, level)
     failed = np.flatnonzero(out["prediction"].isna().to_numpy() & ~prepared.problem_rows)
     for row in failed:
-        reason = out.attrs["failures"].get(int(row), "the model gave no prediction")
-        prepared.problems.append((ids[row], f"not predictable: {reason}"))  # rows without id failed before
+        reason = f"not predictable: {out.attrs['failures'].get(int(row), 'the model gave no prediction')}"
+        prepared.problems.append((ids[row], reason))  # rows without id failed before
+        prepared.reasons[int(row)] = reason
         prepared.problem_rows[row] = True
     if any(i is None for i in prepared.ids):
         out[ID_COLUMN] = pd.array(list(prepared.ids), dtype="string")
@@ -515,11 +528,15 @@ def predict_prepared(model: ServedModel, prepared: Prepared, level: float) -> pd
 
 # ============================================================================ in-memory use
 def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.DataFrame | None = None,
-                    level: float | None = None) -> pd.DataFrame:
-    """Predict validated, in-memory spectra (e.g. from the REST service).
+                    level: float | None = None, ids=None) -> pd.DataFrame:
+    """Predict in-memory spectra and/or covariates (the REST service) through the same per-row
+    rules as batch files (:func:`prepare_chunk`): a sample with missing or infinite values, no
+    id, no covariates or a bad scan gets empty outputs and its reason in the ``problem`` column;
+    the others are predicted.
 
-    Spectra are aligned to the model axis; ``covariates`` is a table indexed by sample id.
-    Missing values or covariates are an error here (callers validate whole requests).
+    Spectra are aligned to the model axis; ``covariates`` is a table indexed by sample id;
+    ``ids`` (default: the spectra's or the covariates' ids) may hold None for a sample without id.
+    What concerns the whole request (axis, missing covariate columns, level) raises.
     """
     level = model.check_level(level)
     if spectra is None and covariates is None:
@@ -527,14 +544,19 @@ def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.
     if model.axis is None and spectra is not None and covariates is None:
         raise SoilCarbonError(f"the model {model.uri} uses covariates only ({', '.join(model.covariates)}); "
                               "send covariates")
-    ids = spectra.ids if spectra is not None else covariates.index.to_numpy(dtype=object)
-    blocks = []
+    if ids is None:
+        ids = spectra.ids if spectra is not None else covariates.index.to_numpy(dtype=object)
+    ids = np.asarray([None if i is None else str(i) for i in ids], dtype=object)
+    source = (spectra.source if spectra is not None else "") or "the request"
+    plan = InputPlan(source=source, id_col=ID_COLUMN, line_offset=0)
+    values = None
     if model.axis is not None:
         if spectra is None:
             raise SoilCarbonError(f"the model {model.uri} needs spectra on {len(model.axis)} points "
                                   f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} {model.unit}")
-        check_alignment(model, spectra.axis, spectra.unit, spectra.source or "spectra")
-        blocks.append(spectra.align(model.axis, model.unit).values)
+        plan.spectral_columns, plan.axis, plan.unit = spectra.columns, spectra.axis, spectra.unit
+        plan.exact = check_alignment(model, spectra.axis, spectra.unit, source)
+        values = spectra.values
     if model.covariates:
         if covariates is None:
             raise SoilCarbonError(f"the model {model.uri} needs covariates {', '.join(model.covariates)}")
@@ -542,21 +564,10 @@ def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.
         if missing:
             raise SoilCarbonError(f"covariate(s) {', '.join(missing)} missing; the model needs "
                                   f"{', '.join(model.covariates)}")
-        table = covariates.reindex([str(i) for i in ids])[model.covariates].reset_index(drop=True)
-        values, bad = _numeric(table)
-        if bad:
-            row = min(bad)
-            raise SoilCarbonError(f"sample {ids[row]}: {bad[row].replace('in column', 'in covariate')}")
-        if not np.isfinite(values).all():
-            row = int(np.where(~np.isfinite(values).all(axis=1))[0][0])
-            column = model.covariates[int(np.argmax(~np.isfinite(values[row])))]
-            raise SoilCarbonError(f"sample {ids[row]}: covariate {column!r} is missing or infinite")
-        blocks.append(values)
-    X = np.hstack(blocks) if len(blocks) > 1 else blocks[0]
-    out = model.predict_matrix(ids, X, level)
-    if out.attrs["failures"]:
-        row, reason = min(out.attrs["failures"].items())
-        raise SoilCarbonError(f"sample {ids[row]}: the model cannot predict it: {reason}")
+        plan.covariate_table, plan.covariate_source = covariates, "the request's covariates"
+    prepared = prepare_chunk(model, plan, pd.DataFrame(index=range(0)), 0, ids, values)
+    out = predict_prepared(model, prepared, level)
+    out["problem"] = pd.array([prepared.reasons.get(row) for row in range(len(out))], dtype="string")
     return out
 
 
