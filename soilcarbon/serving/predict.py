@@ -577,15 +577,19 @@ def _csv_chunks(path: Path, plan: InputPlan, chunk_size: int, on_bytes: Callable
 
     delimiter, decimal = sniff_csv(path)
     with open(path, "rb") as handle:
-        reader = pd.read_csv(handle, sep=delimiter, decimal=decimal, chunksize=chunk_size, dtype={plan.id_col: str},
-                             encoding="utf-8-sig")
+        reader = None
         start = 0
         while True:
-            try:
+            try:  # the reader itself parses a first block: its errors are the file's too
+                reader = reader or pd.read_csv(handle, sep=delimiter, decimal=decimal, chunksize=chunk_size,
+                                               dtype={plan.id_col: str}, encoding="utf-8-sig")
                 chunk = next(reader)
             except StopIteration:
                 return
-            except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+            except UnicodeDecodeError as exc:
+                raise SoilCarbonError(f"{path}: not UTF-8 text after row {start} ({exc.reason} at byte {exc.start}); "
+                                      "save the table as UTF-8 CSV") from exc
+            except (pd.errors.ParserError, ValueError) as exc:
                 text = " ".join(str(exc).split())
                 raise SoilCarbonError(f"{path}: cannot parse the table after row {start} ({text}); "
                                       "fix the file: every row needs the same number of fields") from exc
