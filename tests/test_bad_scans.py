@@ -286,3 +286,19 @@ def test_rest_reports_per_sample_problems_like_the_cli(store, tmp_path, capsys, 
     nan_text = answer.request.content.decode().replace("null", "NaN", 1)
     assert api.post("/v1/predict", content=nan_text,
                     headers={"content-type": "application/json"}).json()["predictions"][1]["problem"] == problems[1]
+
+
+def test_rest_covariates_model_reports_a_sample_without_covariates(store):
+    """A sample with no covariates used to reject the whole request; now it is its own problem."""
+    from fastapi.testclient import TestClient
+
+    from soilcarbon.serving.api import create_app
+
+    with TestClient(create_app(store["cov"])) as client:
+        samples = [{"id": "P1", "covariates": {"ndvi": 0.5, "elevation": 120.0, "twi": 6.0}}, {"id": "P2"},
+                   {"id": "", "covariates": {"ndvi": 0.4, "elevation": 90.0, "twi": 5.0}}]
+        answer = client.post("/v1/predict", json={"samples": samples})
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["predictions"]
+    assert [r["problem"] for r in rows] == [None, "no row in the covariates table of the request", "no sample id"]
+    assert rows[0]["prediction"] is not None and rows[1]["prediction"] is None and rows[2]["prediction"] is None

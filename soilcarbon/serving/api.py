@@ -303,10 +303,6 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
         if model.axis is None and covariates is None:
             raise SoilCarbonError(f"the model {model.uri} needs covariates {', '.join(model.covariates)}; "
                                   "send them per sample or in 'covariates'")
-        if covariates is not None and model.axis is None:
-            missing = [i for i in ids if i not in covariates.index]
-            if missing:
-                raise SoilCarbonError(f"no covariates for sample(s) {', '.join(missing[:5])}")
         frame = predict_spectra(model, spectra, covariates, level, ids=given)
         return JSONResponse(_predictions(model, frame))
 

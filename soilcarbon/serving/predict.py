@@ -564,7 +564,7 @@ def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.
         if missing:
             raise SoilCarbonError(f"covariate(s) {', '.join(missing)} missing; the model needs "
                                   f"{', '.join(model.covariates)}")
-        plan.covariate_table, plan.covariate_source = covariates, "the request's covariates"
+        plan.covariate_table, plan.covariate_source = covariates, "of the request"
     prepared = prepare_chunk(model, plan, pd.DataFrame(index=range(0)), 0, ids, values)
     out = predict_prepared(model, prepared, level)
     out["problem"] = pd.array([prepared.reasons.get(row) for row in range(len(out))], dtype="string")
