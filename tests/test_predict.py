@@ -153,8 +153,8 @@ def test_opus_folder_with_a_damaged_file(store, tmp_path, capsys):
 
 
 def test_a_spectrum_the_model_cannot_scale_is_reported_and_the_others_go_on(store, tmp_path, capsys):
-    """The MIR model starts with SNV, which cannot scale a flat spectrum (a dead detector): that
-    sample is reported with SNV's reason and the block it was in is still predicted."""
+    """A flat spectrum (a dead detector), which the MIR model's SNV could not scale either, is
+    reported as a bad scan and the block it was in is still predicted."""
     from soilcarbon.spectral.readers import read_spectra
 
     frame = read_spectra(OPUS_DIR).to_frame(include_meta=False)
@@ -165,8 +165,8 @@ def test_a_spectrum_the_model_cannot_scale_is_reported_and_the_others_go_on(stor
     code, stdout, stderr = cli_in_process(capsys, "predict", "--model", store["mir"], "--spectra", source, "--output", out)
     assert code == 0, stderr
     flat = frame.iloc[2, 0]
-    assert (f"warning: sample {flat} not predicted: not predictable: SNV: the spectrum is flat (standard deviation 0); "
-            "remove flat spectra before SNV") in stderr
+    assert (f"warning: sample {flat} not predicted: not predictable: flat spectrum: every one of its 3017 values "
+            "is 0.5") in stderr
     assert f"{len(frame)} samples, {len(frame) - 1} predicted, 1 not predicted" in stdout
     result = pd.read_csv(out).set_index("sample_id")
     assert result["prediction"].isna().tolist() == [i == flat for i in frame["sample_id"]]
@@ -223,7 +223,7 @@ def test_samples_with_bad_values_are_reported_and_the_others_go_on(store, nir_ta
     table.loc[200, "1700"] = "inf"  # NIRsoil-201: infinite
     table.loc[120, "sample_id"] = None  # line 122 of the file: no id
     spectral = [c for c in table.columns if c[0].isdigit()]
-    table.loc[30, spectral] = 0.25  # NIRsoil-31: a flat spectrum (a dead detector): predicted, out of domain
+    table.loc[30, spectral] = 0.25  # NIRsoil-31: a flat spectrum (a dead detector): a bad scan, not predicted
     table.loc[150, spectral[:350]] = 1e300  # NIRsoil-151: finite, but beyond what float64 arithmetic can take
     source = tmp_path / "bad.csv"
     table.to_csv(source, index=False)
@@ -237,19 +237,19 @@ def test_samples_with_bad_values_are_reported_and_the_others_go_on(store, nir_ta
     assert "warning: sample line 122 not predicted: no sample id" in stderr
     assert ("warning: sample NIRsoil-151 not predicted: not predictable: values up to 1e+300 are beyond what the "
             "model can process (|x| <= 1e+150)") in stderr
-    assert "NIRsoil-31" not in stderr
-    assert "300 samples, 295 predicted, 5 not predicted" in stdout
+    assert ("warning: sample NIRsoil-31 not predicted: not predictable: flat spectrum: every one of its 700 values "
+            "is 0.25") in stderr
+    assert "300 samples, 294 predicted, 6 not predicted" in stdout
     result = pd.read_csv(out, dtype={"sample_id": str})
     assert len(result) == 300
-    assert not result.loc[30, "in_domain"] and result.loc[30, "domain_score"] > 10
-    bad_rows = [10, 120, 150, 200, 250]
+    bad_rows = [10, 30, 120, 150, 200, 250]
     assert result.loc[bad_rows, "prediction"].isna().all()
     assert not result.loc[bad_rows, "in_domain"].any()
     assert pd.isna(result.loc[120, "sample_id"])
-    good = result.drop(index=bad_rows + [30])
+    good = result.drop(index=bad_rows)
     assert_matches(good, reference)
     report = pd.read_csv(problems)
-    assert report["sample_id"].tolist() == ["NIRsoil-11", "line 122", "NIRsoil-151", "NIRsoil-201", "NIRsoil-251"]
+    assert report["sample_id"].tolist() == ["NIRsoil-11", "NIRsoil-31", "line 122", "NIRsoil-151", "NIRsoil-201", "NIRsoil-251"]
 
 
 @pytest.mark.parametrize("storage", ["float64", "float32 and int64", "one text column"])

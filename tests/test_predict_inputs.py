@@ -225,7 +225,7 @@ def test_opus_folder_for_a_model_needing_covariates_without_them(store, tmp_path
 
 
 # ------------------------------------------------------------------------------------------ in-memory (REST) input
-def test_predict_spectra_rejects_inputs_that_do_not_fit_the_model(nir, cov, nir_head):
+def test_predict_spectra_rejects_requests_that_do_not_fit_the_model(nir, cov, nir_head):
     from soilcarbon.spectral.spectra import Spectra
 
     spectra = Spectra.from_frame(nir_head)
@@ -244,12 +244,12 @@ def test_predict_spectra_rejects_inputs_that_do_not_fit_the_model(nir, cov, nir_
         predict_spectra(cov, None, good.drop(columns=["twi"]))
     bad = good.astype({"ndvi": object})
     bad.loc["P2", "ndvi"] = "high"
-    with pytest.raises(SoilCarbonError, match="sample P2: non-numeric value 'high' in covariate 'ndvi'"):
-        predict_spectra(cov, None, bad)
+    out = predict_spectra(cov, None, bad)  # per-sample problems, the other samples are predicted
+    assert out["problem"].tolist() == [pd.NA, "non-numeric value 'high' in covariate 'ndvi'"]
+    assert out["prediction"].notna().tolist() == [True, False]
     bad = good.copy()
     bad.loc["P2", "twi"] = np.inf
-    with pytest.raises(SoilCarbonError, match="sample P2: covariate 'twi' is missing or infinite"):
-        predict_spectra(cov, None, bad)
+    assert predict_spectra(cov, None, bad)["problem"].iloc[1] == "covariate 'twi' is infinite"
 
 
 # ------------------------------------------------------------------------------------------ engine spark

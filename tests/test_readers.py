@@ -126,7 +126,7 @@ def test_missing_values_policy(tmp_path):
         ("ragged.csv", "sample_id,1100,1102\na,1\n", ["ragged.csv", "cannot parse the table"]),
         ("nospec.csv", "sample_id,Ciso\na,1\n", ["nospec.csv", "no spectral columns"]),
         ("noids.csv", "sample_id,1100,1102\na,1,2\n  ,1,2\n", ["noids.csv", "1 row(s) have no 'sample_id'"]),
-        ("order.csv", "sample_id,1100,1104,1102\na,1,2,3\n", ["order.csv", "not strictly monotonic at 1104 -> 1102"]),
+        ("order.csv", "sample_id,1100,1104,1102\na,1,2,3\n", ["order.csv", "spectral column '1102' follows '1104'"]),
         ("latin.csv", "sample_id,1100,1102\n\xe9a,1,2\n".encode("latin-1"), ["latin.csv", "UTF-8"]),
         ("mir.csv", "sample_id,4000,3998\na,1,2\n", ["mir.csv", "not plausible in nm"]),
         ("table.xlsx", "x", ["table.xlsx", "unknown table type"]),

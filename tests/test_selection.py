@@ -4,7 +4,6 @@ the non-nested mode, and the default model families (MBL, PLS, target transforms
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from soilcarbon.errors import SoilCarbonError

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.geo.extract import BandRef, band_names, open_raster
+from soilcarbon.geo.extract import band_names, open_raster
 
 OUTPUT_BANDS = ("prediction", "lower", "upper", "in_domain")
 PREDICT_ROWS = 65_536  # pixels per predict_matrix call
@@ -352,9 +352,7 @@ def make_map(model, plan: StackPlan, output: Path, level: float | None = None, b
 
     started = time.perf_counter()
     block_size = check_block_size(block_size)
-    level = float(model.level if level is None else level)
-    if not 0 < level < 1:
-        raise SoilCarbonError(f"--level must be between 0 and 1, got {level}")
+    level = model.check_level(model.level if level is None else level)
     jobs = max(1, int(jobs))
     grid = plan.grid
     tile = 256 if block_size % 256 == 0 else block_size

@@ -44,7 +44,7 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
     if not 0 < level < 1:
         raise SoilCarbonError(f"interval level must be between 0 and 1, got {level}")
     scores = np.sort(np.asarray(scores, dtype=float))
-    rank = int(np.ceil((len(scores) + 1) * level))
+    rank = int(np.ceil((len(scores) + 1) * level - 1e-9))  # n/(n+1) itself must give rank n
     return float("inf") if rank > len(scores) else float(scores[rank - 1])
 
 
@@ -138,6 +138,12 @@ class NormalizedConformal(BaseEstimator):
             if np.all(np.isfinite(quantiles)):
                 return edges, quantiles
         return np.empty(0), np.array([conformal_quantile(self.scores_, level)])
+
+    def max_level(self) -> float:
+        """The highest level with finite bounds: n/(n+1) for n calibration samples (the rank
+        ⌈(n+1)·level⌉ must not exceed n; beyond it the upper bound is infinite)."""
+        check_is_fitted(self, "scores_")
+        return len(self.scores_) / (len(self.scores_) + 1)
 
     def interval(self, Z, y_pred, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds at ``level`` around predictions ``y_pred``."""

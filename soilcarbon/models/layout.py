@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.spectral.spectra import Spectra, axis_columns, parse_spectral_header
+from soilcarbon.spectral.spectra import Spectra, axis_columns, check_resolution, spectral_header
 
 ID_COLUMN = "sample_id"
 
@@ -94,16 +94,17 @@ class FeatureLayout:
             if all(c in frame.columns for c in expected):
                 values = numeric_block(frame[expected], "spectra")
                 return np.hstack([values, self._covariates_of(frame)]) if self.covariates else values
-            headers = [(c, parse_spectral_header(c)) for c in frame.columns if c != ID_COLUMN]
-            spectral = [(c, p[0]) for c, p in headers if p is not None]
-            if len(spectral) < 2:
+            header = spectral_header(frame.columns, ID_COLUMN, default_unit=self.unit)
+            if header is None:
                 raise SoilCarbonError(
                     f"no spectral columns in the input; the model expects {len(expected)} points "
                     f"{expected[0]}-{expected[-1]} {self.unit}"
                 )
+            original = {str(c): c for c in frame.columns}
+            columns = [original[c] for c in header.columns]
             ids = frame[ID_COLUMN].astype(str).to_numpy() if ID_COLUMN in frame.columns else np.arange(len(frame))
-            spectra = Spectra(ids, [a for _, a in spectral], self.unit,
-                              numeric_block(frame[[c for c, _ in spectral]], "spectra"), allow_nan=True)
+            check_resolution(header.axis, header.unit, self.axis, self.unit, "the input")
+            spectra = Spectra(ids, header.axis, header.unit, numeric_block(frame[columns], "spectra"), allow_nan=True)
         return self.matrix(spectra, frame if self.covariates else None)
 
     def _covariates_of(self, frame: pd.DataFrame) -> np.ndarray:

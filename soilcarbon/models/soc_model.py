@@ -3,8 +3,8 @@
 ``predict`` returns, per sample, the prediction, the interval bounds at the requested level,
 the level, ``in_domain`` and ``domain_score``. Rows with missing values get empty outputs and
 do not stop the other rows; so do rows the model cannot process (values beyond ``MAX_ABS_VALUE``,
-a flat spectrum before SNV), whose reasons are in ``result.attrs["failures"]`` (row position ->
-message).
+a flat, saturated or clipped scan: :func:`soilcarbon.spectral.quality.scan_problems`), whose
+reasons are in ``result.attrs["failures"]`` (row position -> message).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pandas as pd
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN, FeatureLayout
 from soilcarbon.spectral.pipeline import shared_preprocessing
+from soilcarbon.spectral.quality import scan_problems
 
 OUTPUT_COLUMNS = ["prediction", "lower", "upper", "level", "in_domain", "domain_score"]
 #: Rows predicted together: large enough to amortize per-call costs, small enough that the
@@ -43,15 +44,32 @@ class SOCModel:
     def difficulty_features(self, X: np.ndarray) -> np.ndarray:
         return self.domain.scores(self.domain_features.transform(X))
 
+    @property
+    def max_level(self) -> float:
+        """The highest interval level the calibration supports with finite bounds."""
+        supported = getattr(self.calibrator, "max_level", None)
+        return float(supported()) if callable(supported) else 1.0
+
+    def check_level(self, level) -> float:
+        """``level`` as a float; a level the calibration cannot support (its upper bound would be
+        infinite) is an error stating the highest it supports."""
+        return checked_level(level, self.max_level)
+
     def predict_matrix(self, X: np.ndarray, level: float | None = None) -> pd.DataFrame:
         """Predictions for a model matrix ``[spectra | covariates]`` (rows may hold NaN)."""
-        level = self.level if level is None else float(level)
+        level = self.check_level(self.level if level is None else level)
         X = np.asarray(X, dtype=float)
         values = np.full((len(X), 4), np.nan)  # prediction, lower, upper, domain score
         peak = np.abs(X).max(axis=1, initial=0.0)  # NaN where a value is missing
         ok = peak <= MAX_ABS_VALUE
         failures = {int(row): f"values up to {peak[row]:.3g} are beyond what the model can process "
                               f"(|x| <= {MAX_ABS_VALUE:.0e})" for row in np.flatnonzero(peak > MAX_ABS_VALUE)}
+        if self.layout.n_spectral >= 2:  # a blank, saturated or clipped scan is not a measurement
+            candidates = np.flatnonzero(ok)
+            block = X[:, self.layout.spectral_index] if len(candidates) == len(X) else X[candidates, self.layout.spectral_index]
+            for k, reason in scan_problems(block).items():
+                failures[int(candidates[k])] = reason
+                ok[candidates[k]] = False
         rows = np.flatnonzero(ok)
         for start in range(0, len(rows), BLOCK_ROWS):
             block = rows[start:start + BLOCK_ROWS]
@@ -99,3 +117,20 @@ class SOCModel:
             result.insert(0, ID_COLUMN, frame[ID_COLUMN].astype(str).to_numpy())
         return result
 
+
+
+def checked_level(level, max_level: float = 1.0) -> float:
+    """``level`` as a float in (0, 1) and at most ``max_level`` (the calibration's limit), else a
+    :class:`SoilCarbonError` saying what is supported. The one level rule of every entry point."""
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise SoilCarbonError(f"level must be a number between 0 and 1, got {level!r}") from None
+    if not 0.0 < value < 1.0:
+        raise SoilCarbonError(f"level must be between 0 and 1 (e.g. 0.9 for 90% intervals), got {level!r}")
+    if value > max_level:
+        shown = np.floor(max_level * 10_000) / 10_000
+        raise SoilCarbonError(
+            f"level {value:g} is more than this model's calibration supports: its upper bounds would be "
+            f"infinite; the highest supported level is {shown:.4f}; use a lower level")
+    return value

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.serving import web
-from soilcarbon.serving.predict import ServedModel, check_level, load_model, predict_spectra
+from soilcarbon.serving.predict import ServedModel, load_model, predict_spectra, sample_id
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1000
@@ -69,13 +69,16 @@ class PredictRequest(BaseModel):
 
 
 class Prediction(BaseModel):
+    """One sample's outputs; a sample that could not be predicted has null numbers and a ``problem``."""
+
     id: str
-    prediction: float
-    lower: float
-    upper: float
+    prediction: Optional[float]
+    lower: Optional[float]
+    upper: Optional[float]
     level: float
     in_domain: bool
-    domain_score: float
+    domain_score: Optional[float]
+    problem: Optional[str] = Field(None, description="Why this sample was not predicted (null when it was).")
 
 
 class PredictResponse(BaseModel):
@@ -183,14 +186,15 @@ def _validation_message(errors) -> tuple[int, str]:
 def _predictions(model: ServedModel, frame: pd.DataFrame) -> dict:
     columns = {c: frame[c].to_numpy() for c in ("prediction", "lower", "upper", "level", "domain_score")}
     in_domain = frame["in_domain"].to_numpy()
-    ids = frame["sample_id"].to_numpy()
+    ids = frame["sample_id"].to_numpy(dtype=object, na_value="")
+    problems = frame["problem"].to_numpy(dtype=object, na_value=None) if "problem" in frame else [None] * len(frame)
     rows = [
         {"id": str(ids[i]), "prediction": float(columns["prediction"][i]), "lower": float(columns["lower"][i]),
          "upper": float(columns["upper"][i]), "level": float(columns["level"][i]), "in_domain": bool(in_domain[i]),
-         "domain_score": float(columns["domain_score"][i])}
+         "domain_score": float(columns["domain_score"][i]), "problem": problems[i]}
         for i in range(len(frame))
     ]
-    for row in rows:  # JSON has no NaN; the model gives NaN only for rows we never send it
+    for row in rows:  # JSON has no NaN: a sample that was not predicted has nulls and a problem
         for key, value in row.items():
             if isinstance(value, float) and not np.isfinite(value):
                 row[key] = None
@@ -290,8 +294,9 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
     def predict(request: PredictRequest):
         model = state["model"]
         check_batch(len(request.samples))
-        level = None if request.level is None else check_level(request.level)
-        ids = [str(s.id) for s in request.samples]
+        level = model.check_level(request.level)
+        given = [sample_id(s.id) for s in request.samples]  # None: no id (a per-sample problem, as in batches)
+        ids = [i if i is not None else f"(sample {k + 1} without id)" for k, i in enumerate(given)]
         spectra = None
         if model.axis is not None:
             spectra = _request_spectra(request, ids, model)
@@ -299,11 +304,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
         if model.axis is None and covariates is None:
             raise SoilCarbonError(f"the model {model.uri} needs covariates {', '.join(model.covariates)}; "
                                   "send them per sample or in 'covariates'")
-        if covariates is not None and model.axis is None:
-            missing = [i for i in ids if i not in covariates.index]
-            if missing:
-                raise SoilCarbonError(f"no covariates for sample(s) {', '.join(missing[:5])}")
-        frame = predict_spectra(model, spectra, covariates, level)
+        frame = predict_spectra(model, spectra, covariates, level, ids=given)
         return JSONResponse(_predictions(model, frame))
 
     @app.post("/v1/predict/file", response_model=PredictResponse, responses=ERRORS,
@@ -314,7 +315,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
                      level: Optional[float] = Form(None, description="Interval level in (0, 1)."),
                      id_pattern: Optional[str] = Form(None, description="Regex with one group: OPUS sample id.")):
         model = state["model"]
-        level = None if level is None else check_level(level)
+        level = model.check_level(level)
         with tempfile.TemporaryDirectory(prefix="soilcarbon-upload-") as folder:
             try:
                 spectra, covariates = _read_uploads(files, Path(folder), model, unit, id_col, id_pattern)
@@ -385,13 +386,8 @@ def _request_spectra(request: PredictRequest, ids: list[str], model: ServedModel
                                   "send one value per axis point")
         rows.append(sample.values)
     values = np.array(rows, dtype=float) if rows else np.empty((0, n_axis))
-    nan = np.isnan(values)
-    if nan.any():
-        bad = [ids[i] for i in np.where(nan.any(axis=1))[0]]
-        first = int(np.argmax(nan[ids.index(bad[0])]))
-        raise SoilCarbonError(f"NaN or null values in sample(s) {', '.join(bad[:5])} (first at axis position {first}); "
-                              "send complete spectra")
-    return Spectra(ids=ids, axis=request.axis, unit=unit, values=values, source="request")
+    # null / NaN values are per-sample problems (reported in the response), as in batch files
+    return Spectra(ids=ids, axis=request.axis, unit=unit, values=values, source="request", allow_nan=True)
 
 
 def _read_uploads(files: list[UploadFile], folder: Path, model: ServedModel, unit, id_col, id_pattern):
@@ -424,7 +420,7 @@ def _read_uploads(files: list[UploadFile], folder: Path, model: ServedModel, uni
             from soilcarbon.serving.predict import read_covariates
 
             return None, read_covariates(path, id_col)
-        spectra = read_spectra(path, id_col=id_col, unit=unit)
+        spectra = read_spectra(path, id_col=id_col, unit=unit, allow_nan=True)
         covariates = None
         if model.covariates:
             meta = spectra.meta.copy()

@@ -53,6 +53,8 @@ def predict_command(
 
 
 def _report(summary, quiet: bool, problems_path: Optional[Path]) -> None:
+    for note in getattr(summary, "notes", []):
+        sys.stderr.write(f"note: {note}\n")
     for sample, reason in summary.problems[:SHOW_PROBLEMS]:
         sys.stderr.write(f"warning: sample {sample} not predicted: {reason}\n")
     if summary.n_problems > SHOW_PROBLEMS:

@@ -26,7 +26,8 @@
   :class:`SoilCarbonError`.
 - The output (CSV or Parquet) is written through :func:`atomic_path`: a failure at any point, even
   in the last chunk, leaves no file under the output name.
-- Duplicate sample ids are not an error here: every input row gives one output row, in order.
+- Every input row gives one output row, in order; a sample id used twice stops the job
+  (:func:`check_unique_ids`), as in training and the REST service.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -46,16 +47,15 @@ import pandas as pd
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN, FeatureLayout
 from soilcarbon.models.soc_model import OUTPUT_COLUMNS as MODEL_OUTPUTS
+from soilcarbon.models.soc_model import checked_level
 from soilcarbon.progress import Progress
 from soilcarbon.spectral.spectra import (
     PARQUET_UNIT_KEY,
-    PREFIX_UNITS,
     Spectra,
-    check_unit,
     convert_axis,
+    check_resolution,
     format_axis_value,
-    guess_unit,
-    parse_spectral_header,
+    spectral_header,
 )
 
 OUTPUT_COLUMNS = [ID_COLUMN, *MODEL_OUTPUTS, "model_uri"]
@@ -94,6 +94,12 @@ class ServedModel:
     #: ``SOCPyfunc.predict_matrix(X, level)``: what ``fast_predict`` computes, from the matrix
     #: itself instead of a table of its columns; set only with ``fast_predict`` (see :func:`_matrix_predict`).
     matrix_predict: object = None
+    #: The highest interval level the model's calibration supports (1.0 when unknown).
+    max_level: float = 1.0
+
+    def check_level(self, level=None) -> float:
+        """``level`` (default: the model's) checked against (0, 1) and the calibration's limit."""
+        return checked_level(self.level if level is None else level, self.max_level)
 
     @property
     def layout(self) -> FeatureLayout:
@@ -124,7 +130,7 @@ class ServedModel:
 
     def predict_matrix(self, ids, X: np.ndarray, level: float | None = None) -> pd.DataFrame:
         """Outputs for model-ordered rows ``X`` (n, len(columns)); rows holding NaN get empty outputs."""
-        level = check_level(self.level if level is None else level)
+        level = self.check_level(level)
         X = np.asarray(X, dtype=float)
         names = np.array([str(i) for i in ids], dtype=object)
         if self.matrix_predict is not None:
@@ -144,13 +150,9 @@ class ServedModel:
 
 
 def check_level(level) -> float:
-    try:
-        value = float(level)
-    except (TypeError, ValueError):
-        raise SoilCarbonError(f"level must be a number between 0 and 1, got {level!r}") from None
-    if not 0.0 < value < 1.0:
-        raise SoilCarbonError(f"level must be between 0 and 1 (e.g. 0.9 for 90% intervals), got {level!r}")
-    return value
+    """``level`` as a float in (0, 1) (no model at hand; :meth:`ServedModel.check_level` also
+    checks the calibration's limit)."""
+    return checked_level(level)
 
 
 def resolve_model_uri(uri: str, client=None) -> tuple[str, str | None, str | None]:
@@ -233,6 +235,10 @@ def load_model(uri: str) -> ServedModel:
         level=float(meta.get("level", 0.9)), target=str(meta.get("target", "")),
         target_unit=str(meta.get("target_unit", "")), name=name, version=version,
     )
+    try:
+        served.max_level = float(loaded.unwrap_python_model().model.max_level)
+    except Exception:  # not a soilcarbon PythonModel (MLflow raises MlflowException), or an older one
+        served.max_level = 1.0
     served.fast_predict = _verified_predict(loaded, [ID_COLUMN] + served.columns)
     if served.fast_predict is not None:
         served.matrix_predict = _matrix_predict(loaded, served.columns)
@@ -297,29 +303,6 @@ class InputPlan:
     line_offset: int = 2  # file line of the first data row (CSV: header is line 1); 0: "row N"; -1: unknown
 
 
-def table_axis(columns: Iterable[str], id_col: str, unit: str | None, stored_unit: str | None,
-               source: str) -> tuple[list[str], np.ndarray | None, str | None]:
-    """Spectral columns, axis and unit of a table header (same rules as :meth:`Spectra.from_frame`)."""
-    parsed = {c: parse_spectral_header(c) for c in columns if c != id_col}
-    spectral = [c for c, p in parsed.items() if p is not None]
-    if len(spectral) < 2:
-        return [], None, None
-    prefixes = {parsed[c][1].lower() for c in spectral}
-    if len(prefixes) > 1:
-        raise SoilCarbonError(f"{source}: spectral columns mix prefixes {sorted(prefixes)}; use one")
-    prefix = prefixes.pop()
-    axis = np.array([parsed[c][0] for c in spectral])
-    if unit is not None:
-        unit = check_unit(unit, source)
-    elif stored_unit:
-        unit = check_unit(stored_unit, source)
-    elif PREFIX_UNITS.get(prefix):
-        unit = PREFIX_UNITS[prefix]
-    else:
-        unit = guess_unit(axis)
-    return spectral, axis, unit
-
-
 def plan_input(model: ServedModel, columns: list[str], source: str, id_col: str = ID_COLUMN,
                unit: str | None = None, stored_unit: str | None = None,
                covariates: pd.DataFrame | None = None, covariate_source: str = "",
@@ -335,14 +318,14 @@ def plan_input(model: ServedModel, columns: list[str], source: str, id_col: str 
                               f"{', '.join(columns[:5])}); pass the id column name with --id-col")
     plan = InputPlan(source=source, id_col=id_col, line_offset=line_offset)
     if model.axis is not None:
-        spectral, axis, in_unit = table_axis(columns, id_col, unit, stored_unit, source)
-        if not spectral:
+        header = spectral_header(columns, id_col, unit, stored_unit, source)
+        if header is None:
             raise SoilCarbonError(
                 f"{source}: no spectral columns found; the model {model.uri} expects {len(model.axis)} points "
                 f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} {model.unit} "
                 "in columns with numeric headers such as '1100'")
-        plan.spectral_columns, plan.axis, plan.unit = spectral, axis, in_unit
-        plan.exact = check_alignment(model, axis, in_unit, source)
+        plan.spectral_columns, plan.axis, plan.unit = header.columns, header.axis, header.unit
+        plan.exact = check_alignment(model, header.axis, header.unit, source)
     if model.covariates:
         if covariates is not None:
             missing = [c for c in model.covariates if c not in covariates.columns]
@@ -363,7 +346,8 @@ def plan_input(model: ServedModel, columns: list[str], source: str, id_col: str 
 
 
 def check_alignment(model: ServedModel, axis: np.ndarray, unit: str, source: str) -> bool:
-    """True when ``axis`` (in ``unit``) is the model axis; raise when it cannot be aligned to it."""
+    """True when ``axis`` (in ``unit``) is the model axis; raise when it cannot be aligned to it
+    (range, or a resolution much coarser than the model's: :func:`check_resolution`)."""
     own = convert_axis(axis, unit, model.unit)
     if len(own) == len(model.axis) and np.allclose(own, model.axis, rtol=0, atol=1e-9):
         return True
@@ -378,6 +362,7 @@ def check_alignment(model: ServedModel, axis: np.ndarray, unit: str, source: str
             f"{source}: the spectra cover {have} but the model {model.uri} needs {_range_text(model.axis)} "
             f"{model.unit} ({len(model.axis)} points); use spectra of that range or a model trained on this one"
         ) from None
+    check_resolution(axis, unit, model.axis, model.unit, source)
     return False
 
 
@@ -394,6 +379,7 @@ class Prepared:
     X: np.ndarray  # (n, len(model.columns)); rows with a problem are all NaN
     problems: list[tuple[str, str]]
     problem_rows: np.ndarray  # bool (n,)
+    reasons: dict[int, str] = field(default_factory=dict)  # row -> reason, for every problem row
 
 
 def _numeric(frame: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
@@ -414,6 +400,15 @@ def _numeric(frame: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
             bad_rows.setdefault(int(row), f"non-numeric value {series.iloc[row]!r} in column {column!r}")
         data[column] = coerced.to_numpy(dtype=float, na_value=np.nan)
     return np.column_stack([data[c] for c in frame.columns]) if data else np.empty((len(frame), 0)), bad_rows
+
+
+def sample_id(value) -> str | None:
+    """A sample id as text, or None when there is none (missing, empty or blank): the one id rule
+    of batch files and REST requests (such a sample is a per-sample problem, 'no sample id')."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
 
 
 def _row_name(ids: np.ndarray, row: int, start: int, plan: InputPlan) -> str:
@@ -444,7 +439,9 @@ def prepare_chunk(model: ServedModel, plan: InputPlan, frame: pd.DataFrame, star
         for row in np.where(missing)[0]:
             reasons[int(row)] = "no sample id"
     else:
-        ids = np.asarray([None if i is None else str(i) for i in ids], dtype=object)
+        ids = np.asarray([sample_id(i) for i in ids], dtype=object)
+        for row in np.flatnonzero(ids == None).tolist():  # noqa: E711 (element-wise)
+            reasons[row] = "no sample id"
     blocks = []
     if model.axis is not None:
         if spectra_values is None:
@@ -489,7 +486,7 @@ def prepare_chunk(model: ServedModel, plan: InputPlan, frame: pd.DataFrame, star
     if problem_rows.any():
         X = X.copy() if X.base is not None or X is spectra_values else X
         X[problem_rows] = np.nan
-    return Prepared(ids=ids, X=X, problems=problems, problem_rows=problem_rows)
+    return Prepared(ids=ids, X=X, problems=problems, problem_rows=problem_rows, reasons=reasons)
 
 
 def _flag_non_finite(values: np.ndarray, columns: list[str], reasons: dict[int, str]) -> np.ndarray:
@@ -525,8 +522,9 @@ def predict_prepared(model: ServedModel, prepared: Prepared, level: float) -> pd
     out = model.predict_matrix(ids, prepared.X, level)
     failed = np.flatnonzero(out["prediction"].isna().to_numpy() & ~prepared.problem_rows)
     for row in failed:
-        reason = out.attrs["failures"].get(int(row), "the model gave no prediction")
-        prepared.problems.append((ids[row], f"not predictable: {reason}"))  # rows without id failed before
+        reason = f"not predictable: {out.attrs['failures'].get(int(row), 'the model gave no prediction')}"
+        prepared.problems.append((ids[row], reason))  # rows without id failed before
+        prepared.reasons[int(row)] = reason
         prepared.problem_rows[row] = True
     if any(i is None for i in prepared.ids):
         out[ID_COLUMN] = pd.array(list(prepared.ids), dtype="string")
@@ -535,26 +533,35 @@ def predict_prepared(model: ServedModel, prepared: Prepared, level: float) -> pd
 
 # ============================================================================ in-memory use
 def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.DataFrame | None = None,
-                    level: float | None = None) -> pd.DataFrame:
-    """Predict validated, in-memory spectra (e.g. from the REST service).
+                    level: float | None = None, ids=None) -> pd.DataFrame:
+    """Predict in-memory spectra and/or covariates (the REST service) through the same per-row
+    rules as batch files (:func:`prepare_chunk`): a sample with missing or infinite values, no
+    id, no covariates or a bad scan gets empty outputs and its reason in the ``problem`` column;
+    the others are predicted.
 
-    Spectra are aligned to the model axis; ``covariates`` is a table indexed by sample id.
-    Missing values or covariates are an error here (callers validate whole requests).
+    Spectra are aligned to the model axis; ``covariates`` is a table indexed by sample id;
+    ``ids`` (default: the spectra's or the covariates' ids) may hold None for a sample without id.
+    What concerns the whole request (axis, missing covariate columns, level) raises.
     """
-    level = check_level(model.level if level is None else level)
+    level = model.check_level(level)
     if spectra is None and covariates is None:
         raise SoilCarbonError("nothing to predict: send spectra and/or covariates")
     if model.axis is None and spectra is not None and covariates is None:
         raise SoilCarbonError(f"the model {model.uri} uses covariates only ({', '.join(model.covariates)}); "
                               "send covariates")
-    ids = spectra.ids if spectra is not None else covariates.index.to_numpy(dtype=object)
-    blocks = []
+    if ids is None:
+        ids = spectra.ids if spectra is not None else covariates.index.to_numpy(dtype=object)
+    ids = np.asarray([None if i is None else str(i) for i in ids], dtype=object)
+    source = (spectra.source if spectra is not None else "") or "the request"
+    plan = InputPlan(source=source, id_col=ID_COLUMN, line_offset=0)
+    values = None
     if model.axis is not None:
         if spectra is None:
             raise SoilCarbonError(f"the model {model.uri} needs spectra on {len(model.axis)} points "
                                   f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} {model.unit}")
-        check_alignment(model, spectra.axis, spectra.unit, spectra.source or "spectra")
-        blocks.append(spectra.align(model.axis, model.unit).values)
+        plan.spectral_columns, plan.axis, plan.unit = spectra.columns, spectra.axis, spectra.unit
+        plan.exact = check_alignment(model, spectra.axis, spectra.unit, source)
+        values = spectra.values
     if model.covariates:
         if covariates is None:
             raise SoilCarbonError(f"the model {model.uri} needs covariates {', '.join(model.covariates)}")
@@ -562,39 +569,32 @@ def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.
         if missing:
             raise SoilCarbonError(f"covariate(s) {', '.join(missing)} missing; the model needs "
                                   f"{', '.join(model.covariates)}")
-        table = covariates.reindex([str(i) for i in ids])[model.covariates].reset_index(drop=True)
-        values, bad = _numeric(table)
-        if bad:
-            row = min(bad)
-            raise SoilCarbonError(f"sample {ids[row]}: {bad[row].replace('in column', 'in covariate')}")
-        if not np.isfinite(values).all():
-            row = int(np.where(~np.isfinite(values).all(axis=1))[0][0])
-            column = model.covariates[int(np.argmax(~np.isfinite(values[row])))]
-            raise SoilCarbonError(f"sample {ids[row]}: covariate {column!r} is missing or infinite")
-        blocks.append(values)
-    X = np.hstack(blocks) if len(blocks) > 1 else blocks[0]
-    out = model.predict_matrix(ids, X, level)
-    if out.attrs["failures"]:
-        row, reason = min(out.attrs["failures"].items())
-        raise SoilCarbonError(f"sample {ids[row]}: the model cannot predict it: {reason}")
+        plan.covariate_table, plan.covariate_source = covariates, "of the request"
+    prepared = prepare_chunk(model, plan, pd.DataFrame(index=range(0)), 0, ids, values)
+    out = predict_prepared(model, prepared, level)
+    out["problem"] = pd.array([prepared.reasons.get(row) for row in range(len(out))], dtype="string")
     return out
 
 
 # ============================================================================ readers
 def _csv_chunks(path: Path, plan: InputPlan, chunk_size: int, on_bytes: Callable[[int], None] | None):
-    from soilcarbon.spectral.readers import _sniff_delimiter
+    from soilcarbon.spectral.readers import sniff_csv
 
-    delimiter = _sniff_delimiter(path)
+    delimiter, decimal = sniff_csv(path)
     with open(path, "rb") as handle:
-        reader = pd.read_csv(handle, sep=delimiter, chunksize=chunk_size, dtype={plan.id_col: str},
-                             encoding="utf-8-sig")
+        reader = None
         start = 0
         while True:
-            try:
+            try:  # the reader itself parses a first block: its errors are the file's too
+                reader = reader or pd.read_csv(handle, sep=delimiter, decimal=decimal, chunksize=chunk_size,
+                                               dtype={plan.id_col: str}, encoding="utf-8-sig")
                 chunk = next(reader)
             except StopIteration:
                 return
-            except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+            except UnicodeDecodeError as exc:
+                raise SoilCarbonError(f"{path}: not UTF-8 text after row {start} ({exc.reason} at byte {exc.start}); "
+                                      "save the table as UTF-8 CSV") from exc
+            except (pd.errors.ParserError, ValueError) as exc:
                 text = " ".join(str(exc).split())
                 raise SoilCarbonError(f"{path}: cannot parse the table after row {start} ({text}); "
                                       "fix the file: every row needs the same number of fields") from exc
@@ -664,16 +664,23 @@ def _open_parquet(path: Path):
 
 
 def _csv_header(path: Path) -> list[str]:
-    from soilcarbon.spectral.readers import _sniff_delimiter
+    """The header line's column names as written (``csv`` module: pandas would rename a repeated
+    ``1500`` to ``1500.1``, a new axis point)."""
+    import csv
+
+    from soilcarbon.spectral.readers import sniff_csv
 
     if path.stat().st_size == 0:
         raise SoilCarbonError(f"{path}: the file is empty; export the table with a header row")
     try:
-        header = pd.read_csv(path, sep=_sniff_delimiter(path), nrows=0, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle, delimiter=sniff_csv(path)[0]), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise SoilCarbonError(f"{path}: cannot read the header ({' '.join(str(exc).split())}); "
                               "save the table as UTF-8 CSV with a header row") from exc
-    return [str(c) for c in header.columns]
+    if not header or not any(name.strip() for name in header):
+        raise SoilCarbonError(f"{path}: the first line is empty; export the table with a header row")
+    return list(header)
 
 
 def read_covariates(path: Path, id_col: str) -> pd.DataFrame:
@@ -774,6 +781,7 @@ class PredictionSummary:
     problems: list[tuple[str, str]] = field(default_factory=list)  # the first KEEP_PROBLEMS
     seconds: float = 0.0
     engine: str = "local"
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. re-gridding)
 
     def add_problems(self, problems: list[tuple[str, str]]) -> None:
         self.n_problems += len(problems)
@@ -845,7 +853,7 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
             raise SoilCarbonError(f"{output}: the output would overwrite the input; choose another output name")
     level_value = None if level is None else check_level(level)
     model = load_model(model) if isinstance(model, str) else model
-    level_value = model.level if level_value is None else level_value
+    level_value = model.check_level(level_value)
     if model.axis is not None and spectra is None:
         raise SoilCarbonError(f"the model {model.uri} needs spectra ({len(model.axis)} points "
                               f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} "
@@ -861,6 +869,9 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
     source = open_input(model, main_path, id_col, unit, id_pattern, chunk_size, cov_table,
                         str(covariates) if covariates else "")
     summary.add_problems(source.failures)
+    if model.axis is not None and not source.plan.exact:  # say what was re-gridded
+        summary.notes.append(f"{main_path}: " + check_resolution(source.plan.axis, source.plan.unit, model.axis,
+                                                                 model.unit, str(main_path)))
 
     def work(item):
         start, frame, ids, values = item
@@ -877,12 +888,16 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
         source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)
         writer = _Writer(tmp, kind)
         try:
+            seen_ids: set = set()
             for prepared, result in _ordered_map(work, source.chunks(), workers, _one_openmp_thread):
+                check_unique_ids(prepared.ids, seen_ids, main_path)
                 writer.write(result)
                 summary.n_samples += len(result)
                 summary.n_predicted += int((~prepared.problem_rows).sum())
                 summary.add_problems(prepared.problems)
                 progress.update(completed=None if source.by_bytes else summary.n_samples, samples=summary.n_samples)
+            if summary.n_predicted == 0:  # an output of empty rows is not a success
+                raise nothing_predicted(main_path, summary)
             writer.close()
         except BaseException:
             writer.abort()
@@ -892,6 +907,28 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
             pd.DataFrame(summary.problems, columns=[ID_COLUMN, "reason"]).to_csv(tmp, index=False)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def check_unique_ids(ids, seen: set, source) -> None:
+    """Refuse sample ids repeated within ``ids`` or already in ``seen`` (updated), naming them:
+    two rows with one id give two numbers no one can tell apart (train and REST refuse them too)."""
+    present = pd.Series([i for i in ids if i is not None], dtype=object)
+    repeated = set(present[present.duplicated()]) | (set(present) & seen)
+    if repeated:
+        shown = sorted(map(str, repeated))
+        more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+        raise SoilCarbonError(f"{source}: duplicate sample id(s) {', '.join(shown[:5])}{more}; every sample needs "
+                              "its own id")
+    seen.update(present)
+
+
+def nothing_predicted(source, summary: PredictionSummary) -> SoilCarbonError:
+    """The error of a run that predicted no sample (nothing is written)."""
+    if summary.n_samples == 0 and not summary.problems:
+        return SoilCarbonError(f"{source}: no samples to predict; the input holds a header but no rows")
+    first = f" (first: sample {summary.problems[0][0]}: {summary.problems[0][1]})" if summary.problems else ""
+    return SoilCarbonError(f"{source}: none of the {max(summary.n_samples, summary.n_problems)} sample(s) could be "
+                           f"predicted{first}; nothing was written")
 
 
 @dataclass

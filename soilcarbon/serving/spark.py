@@ -41,6 +41,7 @@ from soilcarbon.serving.predict import (
     check_level,
     check_outputs,
     load_model,
+    nothing_predicted,
     plan_input,
     prepare_chunk,
     read_covariates,
@@ -148,7 +149,7 @@ def predict_spark(model, spectra, output, covariates=None, id_col: str = ID_COLU
     kind = check_outputs(None if remote_output else Path(output_text), problems_output) or "parquet"
     level_value = None if level is None else check_level(level)
     model = load_model(model) if isinstance(model, str) else model
-    level_value = model.level if level_value is None else level_value
+    level_value = model.check_level(level_value)
     cov_table = read_covariates(Path(covariates), id_col) if covariates is not None else None
     stored_unit = _stored_unit(spectra_text)
 
@@ -173,6 +174,8 @@ def predict_spark(model, spectra, output, covariates=None, id_col: str = ID_COLU
                 result.write.parquet(str(staging))
                 with atomic_path(Path(output_text)) as tmp:
                     _merge(staging, tmp, kind, summary)
+                    if summary.n_samples == summary.n_problems:
+                        raise nothing_predicted(spectra_text, summary)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         summary.n_predicted = summary.n_samples - summary.n_problems

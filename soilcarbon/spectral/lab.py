@@ -30,7 +30,7 @@ def read_lab(path, id_col: str = "sample_id", noun: str = "lab") -> pd.DataFrame
 
     The frame's ``attrs["source"]`` holds the path, used in later error messages.
     """
-    from soilcarbon.spectral.readers import _sniff_delimiter
+    from soilcarbon.spectral.readers import sniff_csv
 
     path = Path(path)
     if not path.exists():
@@ -43,7 +43,8 @@ def read_lab(path, id_col: str = "sample_id", noun: str = "lab") -> pd.DataFrame
         if path.suffix.lower() in (".parquet", ".pq"):
             lab = pd.read_parquet(path)
         else:
-            lab = pd.read_csv(path, sep=_sniff_delimiter(path), dtype={id_col: str}, keep_default_na=True)
+            delimiter, decimal = sniff_csv(path)
+            lab = pd.read_csv(path, sep=delimiter, decimal=decimal, dtype={id_col: str}, keep_default_na=True)
     except pd.errors.EmptyDataError as exc:
         raise SoilCarbonError(f"{path}: the {noun} table is empty; it needs a header row and one row per sample") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:

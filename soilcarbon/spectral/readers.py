@@ -41,14 +41,31 @@ _NUMERIC_SUFFIX = re.compile(r"^\.[0-9]+$")
 
 
 # ------------------------------------------------------------------------------------------ tables
-def _sniff_delimiter(path: Path) -> str:
-    """The delimiter of a delimited text file: the most frequent of , ; tab in the header line."""
+_COMMA_DECIMAL = re.compile(rb"^\s*[+-]?\d+,\d+([eE][+-]?\d+)?\s*$")
+_POINT_DECIMAL = re.compile(rb"^\s*[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+def sniff_csv(path: Path) -> tuple[str, str]:
+    """``(delimiter, decimal mark)`` of a delimited text file, the one rule every CSV reader uses.
+
+    The delimiter is the most frequent of ``,`` ``;`` tab in the header line. With ``;`` or tab,
+    the decimal mark is ``,`` when the data lines (first 64 kB) hold more numbers written with a
+    decimal comma (``0,3127``) than with a decimal point: the CSV export of a European locale.
+    """
     with open(path, "rb") as handle:
         head = handle.read(65536)
-    first = head.split(b"\n", 1)[0]
+    lines = head.split(b"\n")
+    first = lines[0]
     counts = {d: first.count(d.encode()) for d in (",", "\t", ";")}
     best = max(counts, key=counts.get)
-    return best if counts[best] else ","
+    delimiter = best if counts[best] else ","
+    decimal = "."
+    if delimiter != ",":
+        fields = [f for line in lines[1:-1] for f in line.split(delimiter.encode())]
+        comma = sum(1 for f in fields if _COMMA_DECIMAL.match(f))
+        point = sum(1 for f in fields if _POINT_DECIMAL.match(f))
+        decimal = "," if comma > point else "."
+    return delimiter, decimal
 
 
 def _read_csv_frame(path: Path, id_col: str):
@@ -57,12 +74,12 @@ def _read_csv_frame(path: Path, id_col: str):
 
     if path.stat().st_size == 0:
         raise SoilCarbonError(f"{path}: the file is empty; export the spectra with a header row")
-    delimiter = _sniff_delimiter(path)
+    delimiter, decimal = sniff_csv(path)
     try:
         table = pa_csv.read_csv(
             path,
             parse_options=pa_csv.ParseOptions(delimiter=delimiter),
-            convert_options=pa_csv.ConvertOptions(column_types={id_col: pa.string()}),
+            convert_options=pa_csv.ConvertOptions(column_types={id_col: pa.string()}, decimal_point=decimal),
         )
     except pa.ArrowInvalid as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
