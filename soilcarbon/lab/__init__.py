@@ -1,0 +1,1 @@
+"""Work for the lab: choosing samples to measure, and moving a calibration to another instrument."""
