@@ -35,6 +35,9 @@ def _register_all() -> None:
     from soilcarbon.geo import commands as geo_commands
 
     geo_commands.register(app)
+    from soilcarbon.lab import select_commands
+
+    select_commands.register(app)
 
 
 _register_all()
