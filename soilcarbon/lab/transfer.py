@@ -7,7 +7,7 @@ transfer pairs ``X_target, X_source`` (n, p) and follows chemotools' API
 
 - **DS**, direct standardization (Wang, Veltkamp & Kowalski 1991, Anal. Chem. 63, 2750):
   ``x_s = m_s + (x_t - m_t) F`` with ``F = (X_t - m_t)^+ (X_s - m_s)`` (minimum-norm least squares on
-  mean-centred spectra): chemotools' ``DirectStandardization`` applied to centred data.
+  mean-centred spectra); checked against chemotools' ``DirectStandardization`` on centred data.
 - **PDS**, piecewise DS (Wang et al. 1991; Bouveresse & Massart 1996, Chemom. Intell. Lab. Syst.
   32, 201): point ``j`` of the source spectrum is regressed on the target window ``j-w..j+w`` by
   principal-component regression with ``k`` components (the regularisation). Our own code, vectorised
@@ -51,23 +51,27 @@ SST_COMPONENTS = (1, 2, 3, 4, 5, 6, 8)
 class DirectStandardization(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """DS on mean-centred spectra: ``x_s = m_s + (x_t - m_t) (X_t - m_t)^+ (X_s - m_s)``.
 
-    Wang, Veltkamp & Kowalski (1991). The pseudo-inverse is chemotools' ``DirectStandardization``;
-    centring removes the offset between instruments, which an uncentred map must spend a rank on.
+    Wang, Veltkamp & Kowalski (1991). Centring removes the offset between instruments, which an
+    uncentred map must spend a rank on. The pseudo-inverse drops singular values below ``1e-10``
+    of the largest: centred data always have one at rounding level, which chemotools'
+    ``DirectStandardization`` (a cut-off of ``max(n, p) * eps``) keeps on short spectra and then
+    amplifies. ``components_`` (p, r) and ``coef_`` (r, p) are the thin factors of the map.
     """
 
     def fit(self, X, y=None, *, X_source=None):
-        from chemotools.adaptation import DirectStandardization as ChemotoolsDS
-
         X = validate_data(self, X, dtype=np.float64, reset=True)
         X_source = _source(X, X_source)
         self.target_mean_, self.source_mean_ = X.mean(axis=0), X_source.mean(axis=0)
-        self.ds_ = ChemotoolsDS().fit(X - self.target_mean_, X_source=X_source - self.source_mean_)
+        U, s, Vt = np.linalg.svd(X - self.target_mean_, full_matrices=False)
+        keep = s > 1e-10 * s[0] if len(s) and s[0] > 0 else np.zeros(len(s), bool)
+        self.components_ = Vt[keep].T
+        self.coef_ = (U[:, keep] / s[keep]).T @ (X_source - self.source_mean_)
         return self
 
     def transform(self, X):
-        check_is_fitted(self, "ds_")
+        check_is_fitted(self, "coef_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self.ds_.transform(X - self.target_mean_) + self.source_mean_
+        return ((X - self.target_mean_) @ self.components_) @ self.coef_ + self.source_mean_
 
 
 class PiecewiseDirectStandardization(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -132,6 +136,14 @@ def _source(X: np.ndarray, X_source) -> np.ndarray:
     if X_source.shape != X.shape or not np.all(np.isfinite(X_source)):
         raise ValueError(f"X_source must be finite with the shape of X {X.shape}, got {X_source.shape}")
     return X_source
+
+
+def check_count(n: int) -> int:
+    """``n`` when there are enough transfer samples for leave-one-out, else the error."""
+    if n < MIN_TRANSFER_SAMPLES:
+        raise SoilCarbonError(f"{n} transfer sample(s) given; at least {MIN_TRANSFER_SAMPLES} are needed "
+                              "(10 or more are usual)")
+    return n
 
 
 @dataclass(frozen=True)
@@ -238,10 +250,7 @@ def fit_transfer(X_source: np.ndarray, X_target: np.ndarray, predict: Callable[[
     ``predict``: the base model's predictions for a (m, p) matrix.
     """
     X_source, X_target = np.asarray(X_source, float), np.asarray(X_target, float)
-    n = len(X_source)
-    if n < MIN_TRANSFER_SAMPLES:
-        raise SoilCarbonError(f"{n} transfer sample(s) given; at least {MIN_TRANSFER_SAMPLES} are needed "
-                              "(10 or more are usual)")
+    n = check_count(len(X_source))
     reference = np.asarray(predict(X_source), float)
     tried = candidates(method, n)
     rows, errors = [], {}

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.lab.transfer import METHODS, TransferFit, fit_transfer
+from soilcarbon.lab.transfer import METHODS, TransferFit, check_count, fit_transfer
 from soilcarbon.models.transferred import TransferredModel
 from soilcarbon.spectral.spectra import Spectra, format_axis_value
 
@@ -56,6 +56,7 @@ def transfer_pairs(source: Spectra, target: Spectra, samples: list[str] | None =
                 problems.append(f"not in the {side} file {spectra.source}: {_ids_text(missing)}")
         if problems:
             raise SoilCarbonError("transfer sample(s) " + "; ".join(problems))
+        check_count(len(samples))
         return list(samples)
     only_source = [i for i in source.ids if i not in in_target]
     only_target = [i for i in target.ids if i not in in_source]
@@ -67,11 +68,12 @@ def transfer_pairs(source: Spectra, target: Spectra, samples: list[str] | None =
             parts.append(f"only in the target file {target.source}: {_ids_text(only_target)}")
         raise SoilCarbonError("source and target must hold the same samples; " + "; ".join(parts) +
                               " (pass --samples IDS.csv to use a subset)")
+    check_count(len(source.ids))
     return [str(i) for i in source.ids]
 
 
-def check_instruments(source: Spectra, target: Spectra, layout) -> None:
-    """Same axis unit, comparable magnitudes, and an overlap that covers the model's axis."""
+def check_units(source: Spectra, target: Spectra) -> None:
+    """The same axis unit and the same kind of values (magnitudes, shape of the mean spectrum)."""
     if source.unit != target.unit:
         raise SoilCarbonError(f"the source spectra ({source.source}) are on a {source.unit} axis but the target "
                               f"spectra ({target.source}) on a {target.unit} axis; export both in the same unit")
@@ -82,6 +84,19 @@ def check_instruments(source: Spectra, target: Spectra, layout) -> None:
             f"the target spectra ({target.source}, typical value {scale_t:.3g}) and the source spectra "
             f"({source.source}, typical value {scale_s:.3g}) differ {ratio:.0f}-fold: they look like different "
             "units (absorbance vs. reflectance, % vs. fraction); convert the target to the source's unit")
+    common = np.linspace(max(source.axis.min(), target.axis.min()), min(source.axis.max(), target.axis.max()), 50)
+    if common[-1] > common[0]:
+        mean_s = np.interp(common, *_sorted(source.axis, source.values.mean(axis=0)))
+        mean_t = np.interp(common, *_sorted(target.axis, target.values.mean(axis=0)))
+        if np.std(mean_s) > 0 and np.std(mean_t) > 0 and np.corrcoef(mean_s, mean_t)[0, 1] < 0:
+            raise SoilCarbonError(
+                f"the mean target spectrum ({target.source}) is the mirror image of the mean source spectrum "
+                f"({source.source}): they look like different units (reflectance vs. absorbance); convert the "
+                "target to the source's unit, e.g. absorbance = log10(1 / reflectance)")
+
+
+def check_overlap(source: Spectra, target: Spectra, layout) -> None:
+    """The instruments' common range covers the model's axis."""
     axis = layout.axis
     low = max(source.axis.min(), target.axis.min())
     high = min(source.axis.max(), target.axis.max())
@@ -95,6 +110,11 @@ def check_instruments(source: Spectra, target: Spectra, layout) -> None:
             f"{target.source}: {format_axis_value(target.axis.min())}-{format_axis_value(target.axis.max())}), "
             f"too small for the model, which needs {format_axis_value(axis.min())}-{format_axis_value(axis.max())} "
             f"{layout.unit}; transfer a model calibrated on the overlap")
+
+
+def _sorted(axis: np.ndarray, values: np.ndarray):
+    order = np.argsort(axis)
+    return axis[order], values[order]
 
 
 @dataclass
@@ -118,8 +138,9 @@ def transfer(base, source: Spectra, target: Spectra, samples: list[str] | None =
                               "transfer supports spectra-only models")
     if method not in METHODS:
         raise SoilCarbonError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    check_instruments(source, target, layout)
+    check_units(source, target)
     ids = transfer_pairs(source, target, samples)
+    check_overlap(source, target, layout)
     X_source = source.select(ids).align(layout.axis, layout.unit).values
     X_target = target.select(ids).align(layout.axis, layout.unit).values
 
@@ -215,6 +236,8 @@ def transfer_command(
     ids = _read_samples(samples, id_col) if samples is not None else None
     source_spectra = read_spectra(source, id_col=id_col)
     target_spectra = read_spectra(target, id_col=id_col)
+    check_units(source_spectra, target_spectra)  # the checks that need no model, before loading it
+    transfer_pairs(source_spectra, target_spectra, ids)
     served = load_model(model)
     base = served.pyfunc.unwrap_python_model().model
     result = transfer(base, source_spectra, target_spectra, ids, method)
