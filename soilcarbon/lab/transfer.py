@@ -44,7 +44,7 @@ METHODS = ("auto", "ds", "pds", "sst", "slope-bias")
 MIN_TRANSFER_SAMPLES = 3
 #: Settings tried by leave-one-out: PDS half-windows and PCR components, SST components.
 PDS_WINDOWS = (1, 2, 3, 5, 8, 12)
-PDS_COMPONENTS = (1, 2, 3, 4, 5)
+PDS_COMPONENTS = (1, 2, 3)
 SST_COMPONENTS = (1, 2, 3, 4, 5, 6, 8)
 
 
