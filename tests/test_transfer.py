@@ -150,7 +150,8 @@ def store(tmp_path_factory, corn_dir):
         frame[test].to_csv(folder / f"{name}_test.csv", index=False)
     ids = frame[~test]["sample_id"].iloc[::6]  # 10 transfer samples
     pd.DataFrame({"sample_id": ids, "rank": range(1, len(ids) + 1)}).to_csv(folder / "ids.csv", index=False)
-    paths.update({k: folder / f"{k}.csv" for k in ("m5_cal", "mp5_cal", "m5_test", "mp5_test", "ids")})
+    pd.read_csv(corn_dir.parent / "nirsoil" / "nirsoil_train.csv", nrows=5).to_csv(folder / "soil.csv", index=False)
+    paths.update({k: folder / f"{k}.csv" for k in ("m5_cal", "mp5_cal", "m5_test", "mp5_test", "ids", "soil")})
     return paths
 
 
@@ -195,6 +196,12 @@ def test_transfer_registers_a_model_that_predict_and_pyfunc_use_unchanged(store,
     assert rmse_after < 0.5 * rmse_before
     assert np.mean((truth >= after["lower"]) & (truth <= after["upper"])) >= 0.75
     assert (after["model_uri"] == uri).all()
+    assert float(version.tags["transfer_domain_scale"]) >= 1.0
+    assert after["in_domain"].mean() >= 0.8  # corn from the calibration's population, mapped
+    code, _, err = cli_in_process(capsys, "predict", "--model", uri, "--spectra", store["soil"],
+                                  "--output", store["folder"] / "soil-predictions.csv")
+    assert code == 0, err
+    assert not pd.read_csv(store["folder"] / "soil-predictions.csv")["in_domain"].any()  # soils are no corn
 
     # the pyfunc, as any MLflow user loads it, gives the same numbers
     frame = pd.read_csv(store["mp5_test"]).drop(columns=PROPS)

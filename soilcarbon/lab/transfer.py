@@ -222,24 +222,33 @@ class TransferFit:
         return float(np.sqrt(np.mean(self.loo_errors ** 2)))
 
 
-def loo_predictions(method: TransferMethod, X_source: np.ndarray, X_target: np.ndarray,
-                    predict: Callable[[np.ndarray], np.ndarray], reference: np.ndarray) -> np.ndarray:
-    """Leave-one-out predictions of the transfer samples: sample ``i`` through a map (or
-    slope/bias line) fitted on the others."""
+def loo_mapped(method: TransferMethod, X_source: np.ndarray, X_target: np.ndarray) -> np.ndarray:
+    """Leave-one-out mapped spectra: row ``i`` of ``X_target`` through a map fitted on the other
+    rows (slope/bias maps no spectra: ``X_target`` itself)."""
+    if method.build() is None:
+        return X_target
     n = len(X_source)
-    if method.name == "slope-bias":
-        raw = predict(X_target)
-        out = np.empty(n)
-        for i in range(n):
-            rest = np.arange(n) != i
-            slope, intercept = slope_bias(raw[rest], reference[rest])
-            out[i] = intercept + slope * raw[i]
-        return out
     mapped = np.empty_like(X_target)
     for i in range(n):
         rest = np.arange(n) != i
         mapped[i] = method.build().fit(X_target[rest], X_source=X_source[rest]).transform(X_target[i:i + 1])[0]
-    return predict(mapped)
+    return mapped
+
+
+def loo_predictions(method: TransferMethod, X_source: np.ndarray, X_target: np.ndarray,
+                    predict: Callable[[np.ndarray], np.ndarray], reference: np.ndarray) -> np.ndarray:
+    """Leave-one-out predictions of the transfer samples: sample ``i`` through a map (or
+    slope/bias line) fitted on the others."""
+    if method.name != "slope-bias":
+        return predict(loo_mapped(method, X_source, X_target))
+    n = len(X_source)
+    raw = predict(X_target)
+    out = np.empty(n)
+    for i in range(n):
+        rest = np.arange(n) != i
+        slope, intercept = slope_bias(raw[rest], reference[rest])
+        out[i] = intercept + slope * raw[i]
+    return out
 
 
 def fit_transfer(X_source: np.ndarray, X_target: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.lab.transfer import METHODS, TransferFit, check_count, fit_transfer
+from soilcarbon.lab.transfer import METHODS, TransferFit, check_count, fit_transfer, loo_mapped
 from soilcarbon.models.transferred import TransferredModel
 from soilcarbon.spectral.spectra import Spectra, format_axis_value
 
@@ -156,7 +156,12 @@ def transfer(base, source: Spectra, target: Spectra, samples: list[str] | None =
     fit = fit_transfer(X_source, X_target, predict, method)
     info = dict(getattr(base, "info", {}))
     info.update({"transfer_method": fit.method.label, "n_transfer": len(ids), "transfer_loo_rmse": fit.loo_rmse})
-    model = TransferredModel(base, fit.mapper, fit.loo_errors, fit.slope, fit.intercept, info)
+    source_scores = base.predict_matrix(X_source)["domain_score"].to_numpy()
+    mapped_scores = base.predict_matrix(loo_mapped(fit.method, X_source, X_target))["domain_score"].to_numpy()
+    inside = source_scores <= 1.0
+    domain_scale = float(max(1.0, mapped_scores[inside].max())) if inside.any() else 1.0
+    info["transfer_domain_scale"] = domain_scale
+    model = TransferredModel(base, fit.mapper, fit.loo_errors, fit.slope, fit.intercept, domain_scale, info)
     return TransferResult(model, fit, ids, X_target)
 
 
@@ -192,6 +197,7 @@ def log_transfer(result: TransferResult, name: str, base_uri: str, sources: dict
                 "spectral_unit": model.layout.unit, "base_model": base_uri, "transfer_method": fit.method.name,
                 "transfer_settings": settings, "n_transfer": str(len(result.ids)),
                 "transfer_ids_digest": digest, "transfer_loo_rmse": f"{fit.loo_rmse:.6g}",
+                "transfer_domain_scale": f"{model.domain_scale:.6g}",
                 "training_data": sources.get("target", "")}
         description = (f"{base_uri} transferred to new-instrument spectra ({sources.get('target', '')}) by "
                        f"{settings}, chosen by leave-one-out over {len(result.ids)} transfer samples (ids digest "

@@ -11,6 +11,12 @@ Intervals: the transferred prediction errs by the base model's error plus the tr
 base interval's half-widths (scaled by the slope) and the conformal quantile of the leave-one-out
 transfer errors at the requested level (:func:`~soilcarbon.lab.transfer.conformal_quantile`) are
 added in quadrature, as the spread of a sum of independent errors is.
+
+Domain: the base model's check runs on the mapped spectra, whose scores a map inflates (it cannot
+remove all instrument differences). ``domain_scale`` is the largest leave-one-out domain score of
+the mapped transfer samples whose source spectra are in the domain; scores are divided by it
+(when above 1), so a new-instrument sample is in the domain when it looks no further from the
+calibration than transfer samples known to lie inside it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class TransferredModel:
     transfer_errors: np.ndarray
     slope: float = 1.0
     intercept: float = 0.0
+    domain_scale: float = 1.0
     info: dict = field(default_factory=dict)
 
     @property
@@ -78,6 +85,8 @@ class TransferredModel:
             prediction, lower = np.maximum(prediction, bound), np.maximum(lower, bound)
         out = result.copy()
         out["prediction"], out["lower"], out["upper"] = prediction, lower, upper
+        out["domain_score"] = result["domain_score"].to_numpy() / max(1.0, float(self.domain_scale))
+        out["in_domain"] = out["domain_score"].to_numpy() <= 1.0
         out.attrs["failures"] = dict(result.attrs.get("failures", {}))
         return out
 
