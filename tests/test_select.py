@@ -122,6 +122,17 @@ def test_default_command_is_prospectr_mahalanobis_ks_in_pca_space(tmp_path, caps
     assert chosen["sample_id"].tolist() == corn_m5.ids[expected].tolist()
 
 
+def test_spectra_space_is_euclidean_ks_on_the_spectra_as_given(corn_m5):
+    from soilcarbon.lab.select_commands import select_samples
+
+    result = select_samples(corn_m5, 10, space="spectra")
+    assert (result.space, result.metric, result.n_features) == ("spectra", "euclidean", 700)
+    D = cdist(corn_m5.values, corn_m5.values)
+    expected = brute_ks(D, 10, brute_pair(D, corn_m5.values))
+    assert result.table["sample_id"].tolist() == corn_m5.ids[expected].tolist()
+    assert result.table["rank"].tolist() == list(range(1, 11))
+
+
 # ---------------------------------------------------------------------------- include / library
 def test_include_enters_first_and_the_rest_is_chosen_around_it(tmp_path, capsys, corn_dir, corn_m5):
     include = tmp_path / "measured.csv"
@@ -216,6 +227,10 @@ def small_table(corn_m5):
     ("duplex_too_many", "DUPLEX fills a calibration and a test set of 7 each"),
     ("library_with_clhs", "only be spiked with --method kennard-stone"),
     ("bad_method", "unknown method 'random'"),
+    ("flat", "flat spectrum (all values equal) in sample(s) corn-08"),
+    ("library_narrow", "the library covers 1100-2000 nm but the candidates"),
+    ("covariates_unused", "a covariates table is only used with --space covariates (got --space pca)"),
+    ("covariates_missing_row", "no covariates for sample(s) corn-12"),
 ])
 def test_errors_give_one_line_and_no_output(tmp_path, capsys, small_table, case, expected):
     table = small_table.copy()
@@ -231,6 +246,8 @@ def test_errors_give_one_line_and_no_output(tmp_path, capsys, small_table, case,
         table.loc[5, "sample_id"] = "corn-03"
     elif case == "nan":
         table.iloc[3, 10] = np.nan
+    elif case == "flat":
+        table.iloc[7, 1:] = 0.25
     elif case in ("unknown_include", "include_too_many"):
         ids = ["corn-01", "corn-77"] if case == "unknown_include" else ["corn-01", "corn-02", "corn-03"]
         pd.DataFrame({"sample_id": ids}).to_csv(tmp_path / "inc.csv", index=False)
@@ -239,8 +256,15 @@ def test_errors_give_one_line_and_no_output(tmp_path, capsys, small_table, case,
         args = ["--n", 7, "--method", "duplex"]
     elif case == "library_with_clhs":
         args = ["--n", 3, "--method", "clhs", "--library", spectra]
+    elif case == "library_narrow":
+        table[["sample_id", *[str(w) for w in range(1100, 2002, 2)]]].to_csv(tmp_path / "lib.csv", index=False)
+        args = ["--n", 3, "--library", tmp_path / "lib.csv"]
     elif case == "bad_method":
         args = ["--n", 3, "--method", "random"]
+    elif case in ("covariates_unused", "covariates_missing_row"):
+        pd.DataFrame({"sample_id": table["sample_id"][:11], "elevation": np.arange(11.0)}).to_csv(
+            tmp_path / "cov.csv", index=False)
+        args = ["--n", 3, "--covariates", tmp_path / "cov.csv"] + (["--space", "pca"] if case == "covariates_unused" else [])
     table.to_csv(spectra, index=False)
     output = tmp_path / "ids.csv"
     code, _, err = cli_in_process(capsys, "select", "--spectra", spectra, "--output", output, *args)
@@ -258,13 +282,18 @@ def test_library_functions_refuse_bad_input():
         puchwein(LINE, 6)
     with pytest.raises(SoilCarbonError, match="all samples are identical"):
         kennard_stone(np.ones((4, 3)), 2)
+    spectra = np.random.default_rng(0).normal(size=(6000, 5))
+    spectra[5000] = 1.0
+    with pytest.raises(SoilCarbonError, match="X row 5000 is a flat spectrum"):
+        pca_space(spectra)
 
 
-def test_real_subprocess_writes_the_table_and_the_plot(run_cli, tmp_path, nirsoil_csv):
+def test_real_subprocess_writes_the_table_and_the_plot(run_cli, tmp_path, corn_dir):
     output, plot = tmp_path / "ids.csv", tmp_path / "selection.png"
-    code, out, err = run_cli("select", "--spectra", nirsoil_csv, "--n", 30, "--output", output, "--plot", plot)
+    code, out, err = run_cli("select", "--spectra", corn_dir / "corn_mp6.csv", "--n", 30, "--output", output,
+                             "--plot", plot)
     assert code == 0, err
     table = pd.read_csv(output)
-    assert len(table) == 30 and table["sample_id"].is_unique and table["sample_id"].str.startswith("NIRsoil-").all()
+    assert len(table) == 30 and table["sample_id"].is_unique and table["sample_id"].str.startswith("corn-").all()
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.splitlines()[-1] == f"selection: {output}"

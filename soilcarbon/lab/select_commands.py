@@ -79,9 +79,10 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
                    random_state=0, covariates_source: str = "covariates") -> Selection:
     """Choose ``n`` samples; returns a :class:`Selection` whose ``table`` has ``id_col, rank``.
 
-    - ``space``: ``"pca"`` (default with spectra; :func:`~soilcarbon.lab.selection.pca_space`:
+    - ``space``: ``"pca"`` (default without covariates; :func:`~soilcarbon.lab.selection.pca_space`:
       SNV, PCA explaining 99 % of the variance, at most 20 components), ``"spectra"`` (the
-      spectra as given), ``"covariates"`` (default without spectra; the covariate columns).
+      spectra as given), ``"covariates"`` (default with covariates: every column of the table but
+      the id; with spectra too, the spectra's ids are the candidates and each needs a row).
     - ``metric``: ``"mahalanobis"`` (default in the PCA and covariate spaces) or
       ``"euclidean"`` (default for raw spectra, whose covariance is singular).
     - ``include``: ids chosen first, in their order (``n`` counts them).
@@ -92,13 +93,16 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
         raise SoilCarbonError(f"unknown method {method!r}; use {', '.join(METHODS)}")
     if spectra is None and covariates is None:
         raise SoilCarbonError("give spectra, covariates or both")
-    space = space or ("pca" if spectra is not None else "covariates")
+    space = space or ("covariates" if covariates is not None else "pca")
     if space not in SPACES:
         raise SoilCarbonError(f"unknown space {space!r}; use {', '.join(SPACES)}")
     if space in ("pca", "spectra") and spectra is None:
         raise SoilCarbonError(f"--space {space} needs spectra")
     if space == "covariates" and covariates is None:
         raise SoilCarbonError("--space covariates needs a covariates table")
+    if space != "covariates" and covariates is not None:
+        raise SoilCarbonError(f"a covariates table is only used with --space covariates (got --space {space}); "
+                              "drop one of them")
     if metric is None:
         metric = "euclidean" if space == "spectra" else "mahalanobis"
     if metric not in selection.METRICS:
@@ -142,8 +146,24 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
 
     reference = None
     if library is not None:
+        from soilcarbon.spectral.spectra import convert_axis, format_axis_value
+
+        own = convert_axis(library.axis, library.unit, spectra.unit)
+        step = float(np.min(np.abs(np.diff(own))))
+        if spectra.axis.min() < own.min() - step or spectra.axis.max() > own.max() + step:
+            raise SoilCarbonError(
+                f"{library.source or 'library'}: the library covers {format_axis_value(own.min())}-"
+                f"{format_axis_value(own.max())} {spectra.unit} but the candidates {source} cover "
+                f"{format_axis_value(spectra.axis.min())}-{format_axis_value(spectra.axis.max())} {spectra.unit}; "
+                "a library must cover the candidates' range to be compared with them")
         library = library.align(spectra.axis, spectra.unit)
     if space == "pca":
+        for what in (spectra, library):
+            if what is not None:
+                flat = np.flatnonzero(what.values.max(axis=1) == what.values.min(axis=1))
+                if flat.size:
+                    raise SoilCarbonError(f"{what.source or 'spectra'}: flat spectrum (all values equal) in "
+                                          f"sample(s) {_ids_text(what.ids[flat])}; SNV cannot scale it, remove it")
         if library is not None:
             X, reference = selection.pca_space(spectra.values, n_components, reference=library.values)
         else:
@@ -201,8 +221,9 @@ def plot_selection(result: Selection, path, title: str | None = None) -> Path:
                  label=f"selected ({len(chosen)})")
     for rank, (x, y) in enumerate(chosen[:30], start=1):
         axes.annotate(str(rank), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes.set_xlabel("axis 1")
-    axes.set_ylabel("axis 2")
+    what = "principal axis" if result.space == "pca" else f"{result.space}: principal axis"
+    axes.set_xlabel(f"{what} 1")
+    axes.set_ylabel(f"{what} 2")
     axes.set_title(title or f"{result.method} in the {result.space} space")
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
@@ -223,7 +244,7 @@ def select_command(
     output: Path = typer.Option(..., "--output", help="CSV to write: sample_id, rank (1 = chosen first)."),
     method: str = typer.Option("kennard-stone", "--method", help="kennard-stone | duplex | puchwein | clhs."),
     space: Optional[str] = typer.Option(None, "--space",
-                                        help="pca (default with spectra) | spectra | covariates (default without)."),
+                                        help="pca (default) | spectra | covariates (default with --covariates)."),
     covariates: Optional[Path] = typer.Option(None, "--covariates", help="Per-sample covariates table joined by id."),
     include: Optional[Path] = typer.Option(None, "--include", help="CSV of ids that enter the selection first."),
     library: Optional[Path] = typer.Option(None, "--library", help="Spectra of an existing calibration library."),

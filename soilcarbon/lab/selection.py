@@ -78,7 +78,8 @@ def _matrix(X, name: str = "X") -> np.ndarray:
         raise SoilCarbonError(f"{name} must be a 2-D matrix (one sample a row), got {X.ndim} dimension(s)")
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise SoilCarbonError(f"{name} is empty (shape {X.shape})")
-    bad = ~np.isfinite(X).all(axis=1)
+    step = _block(X.shape[1])
+    bad = np.concatenate([~np.isfinite(X[a:a + step]).all(axis=1) for a in range(0, X.shape[0], step)])
     if bad.any():
         rows = np.flatnonzero(bad)
         more = f" and {rows.size - 5} more" if rows.size > 5 else ""
@@ -217,7 +218,14 @@ def pca_space(X, n_components=None, *, reference=None, snv: bool = True, varianc
 
     def pieces(M):
         for start in range(0, M.shape[0], step):
-            yield transform(M[start:start + step])
+            block = M[start:start + step]
+            if snv:
+                flat = np.flatnonzero(block.max(axis=1) == block.min(axis=1))
+                if flat.size:
+                    which = "X" if M is X else "reference"
+                    raise SoilCarbonError(f"{which} row {start + flat[0]} is a flat spectrum (all values equal): "
+                                          "SNV cannot scale it; remove it")
+            yield transform(block)
 
     total = sum(M.shape[0] for M in blocks)
     sums, cross = np.zeros(p), np.zeros((p, p))
@@ -256,15 +264,15 @@ def pca_space(X, n_components=None, *, reference=None, snv: bool = True, varianc
 
 
 def _space(X, reference, metric: str):
-    """Rows (and reference rows) in coordinates where distances are Euclidean, centred."""
+    """Rows (and reference rows) in coordinates where distances are Euclidean. The Euclidean
+    metric uses ``X`` itself (no copy: it may be the whole spectra matrix)."""
     if _check_metric(metric) == "mahalanobis":
         return whiten(X, reference)
     X = _matrix(X)
     R = None if reference is None else _matrix(reference, "reference")
     if R is not None and R.shape[1] != X.shape[1]:
         raise SoilCarbonError(f"reference has {R.shape[1]} columns but X has {X.shape[1]}")
-    mean = X.mean(axis=0) if R is None else (X.sum(axis=0) + R.sum(axis=0)) / (len(X) + len(R))
-    return X - mean, None if R is None else R - mean
+    return X, R
 
 
 # ---------------------------------------------------------------------------------- distances
@@ -311,9 +319,9 @@ def farthest_pair(Z, rows=None) -> tuple[int, int]:
     if index.size < 2:
         raise SoilCarbonError("at least two samples are needed to find the farthest pair")
     W = Z if rows is None else Z[index]
-    W = W - W.mean(axis=0)
     sq = _sq_norms(W)
-    radius = np.sqrt(sq)
+    centre = W.mean(axis=0)
+    radius = np.sqrt(np.maximum(sq - 2.0 * (W @ centre) + centre @ centre, 0.0))
     a = int(np.argmax(radius))
     best, pair = -1.0, (a, a)
     for _ in range(4):  # a few farthest-from-the-last sweeps: a tight lower bound, cheaply
@@ -388,9 +396,9 @@ def kennard_stone(X, n, *, include=None, reference=None, metric: str = "mahalano
     if not chosen and not np.isfinite(nearest).any():
         if start == "pair":
             chosen.extend(farthest_pair(Z)[:min(2, n)])
-        else:
-            # farthest from the mean: Z is centred on it
-            chosen.append(int(np.argmax(sq)))
+        else:  # the row farthest from the mean
+            centre = Z.mean(axis=0)
+            chosen.append(int(np.argmax(sq - 2.0 * (Z @ centre))))
     for i in chosen:
         np.minimum(nearest, _sq_dist_to(Z, sq, i), out=nearest)
     nearest[chosen] = -np.inf
@@ -469,8 +477,10 @@ def puchwein(X, n, *, metric: str = "mahalanobis", tolerance: float = 1e-6) -> n
     n = _count(n, X.shape[0])
     Z, _ = _space(X, None, metric)
     sq = _sq_norms(Z)
-    order = np.argsort(-sq, kind="stable")
-    low, high = 0.0, 2.0 * float(np.sqrt(sq.max())) + 1e-12  # low always keeps n (d = 0 keeps all)
+    centre = Z.mean(axis=0)
+    leverage = np.maximum(sq - 2.0 * (Z @ centre) + centre @ centre, 0.0)  # squared distance to the centre
+    order = np.argsort(-leverage, kind="stable")
+    low, high = 0.0, 2.0 * float(np.sqrt(leverage.max())) + 1e-12  # low always keeps n (d = 0 keeps all)
     best = _puchwein_pass(Z, sq, order, 0.0, n)
     if len(best) < n:
         raise SoilCarbonError(f"only {len(best)} of the samples are distinct; cannot select {n} by Puchwein")
