@@ -28,6 +28,7 @@ import pandas as pd
 
 from soilcarbon.lab.transfer import conformal_quantile
 from soilcarbon.models.layout import ID_COLUMN
+from soilcarbon.models.soc_model import MAX_ABS_VALUE
 
 
 @dataclass
@@ -63,7 +64,8 @@ class TransferredModel:
         if self.mapper is None:
             return X
         spectral = self.layout.spectral_index
-        finite = np.isfinite(X[:, spectral]).all(axis=1) & (np.abs(X[:, spectral]).max(axis=1, initial=0) < 1e150)
+        values = X[:, spectral]
+        finite = np.isfinite(values).all(axis=1) & (np.abs(values).max(axis=1, initial=0) <= MAX_ABS_VALUE)
         if finite.any():
             X[np.ix_(finite, np.arange(X.shape[1])[spectral])] = self.mapper.transform(X[finite][:, spectral])
         return X
