@@ -148,7 +148,8 @@ def transfer(base, source: Spectra, target: Spectra, samples: list[str] | None =
         failures = base.predict_matrix(X).attrs.get("failures", {})
         if failures:
             row, reason = next(iter(failures.items()))
-            raise SoilCarbonError(f"{spectra.source}: the base model cannot predict transfer sample {ids[row]}: {reason}")
+            raise SoilCarbonError(f"{spectra.source}: the base model cannot predict transfer sample {ids[row]}: "
+                                  f"{reason}")
 
     def predict(X):
         return base.predict_matrix(X)["prediction"].to_numpy()
