@@ -277,3 +277,23 @@ def test_covariates_only_base_model_is_refused(store, capsys, monkeypatch, tmp_p
                                     "--target", store["mp5_cal"], "--name", "cov-bad")
     assert code == 2 and "covariates only" in only_error_line(err)
     assert _versions("cov-bad") == 0
+
+
+def test_target_on_another_grid_is_transferred_over_the_overlap(store, capsys, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(store["folder"])
+    target = pd.read_csv(store["mp5_cal"])
+    spectral = [c for c in target.columns if c[0].isdigit()]
+    coarse = target.drop(columns=spectral[1::2])  # every 4 nm, 1100-2496 nm: re-gridded onto 1100-2498
+    coarse.to_csv(store["folder"] / "mp5_coarse.csv", index=False)
+    code, out, err = cli_in_process(capsys, "transfer", "--model", store["uri"], "--source", store["m5_cal"],
+                                    "--target", store["folder"] / "mp5_coarse.csv", "--samples", store["ids"],
+                                    "--method", "ds", "-q")
+    assert code == 0, err
+    assert out == "models:/corn-protein-mp5_coarse/1\n"
+    model = mlflow.pyfunc.load_model("models:/corn-protein-mp5_coarse/1").unwrap_python_model().model
+    assert model.info["transfer_method"] == "ds" and len(model.layout.axis) == 700
+    code, out, err = cli_in_process(capsys, "transfer", "--model", store["uri"], "--source", store["m5_cal"],
+                                    "--target", store["mp5_cal"], "--method", "pls")
+    assert code == 2 and "--method must be one of auto, ds, pds, sst, slope-bias" in only_error_line(err)
