@@ -43,6 +43,9 @@ def _register_all() -> None:
     from soilcarbon.lab import select_commands
 
     select_commands.register(app)
+    from soilcarbon.lab import transfer_commands
+
+    transfer_commands.register(app)
 
 
 _register_all()

@@ -109,7 +109,7 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
 
     from soilcarbon.training import plots
 
-    client = configure()
+    configure()
     experiment_id = ensure_experiment()
     data = result.data
     digest = data_digest(data.ids, data.X, data.y)
@@ -138,25 +138,35 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
                 mlflow.log_artifact(str(path), artifact_path="plots")
             for file in ("oof_predictions.csv", "candidates.csv", "fold_metrics.csv", "train.yaml"):
                 mlflow.log_artifact(str(tmp / file), artifact_path="cv")
-        model = result.model
-        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registration chatter to stderr
-            info = _log_model(model, data, name)
-        model_version = str(info.registered_model_version)
         tags = {"target": data.target, "unit": target_unit or "unspecified",
                 "spectral_unit": data.layout.unit or "none", "training_data": sources.get("spectra") or
                 sources.get("covariates") or "", "data_digest": digest, "n_train": str(len(data.y)),
                 "cv_scheme": result.cv_scheme, "selected_model": result.selection.name[:500]}
         tags.update({f"cv_{k}": f"{v:.6g}" for k, v in result.metrics.items()})
-        for key, value in tags.items():
-            client.set_model_version_tag(name, model_version, key, str(value))
-        client.update_model_version(name, model_version, description=(
+        return register_version(result.model, name, data.X, data.ids, tags, (
             f"SOC calibration for {data.target} ({result.selection.name[:200]}); "
             f"CV RMSE {result.metrics['rmse']:.4g}, PICP {result.metrics.get('picp', float('nan')):.3f} "
-            f"at level {model.level:g} ({result.cv_scheme}); run {run.info.run_id}"))
+            f"at level {result.model.level:g} ({result.cv_scheme}); run {run.info.run_id}"))
+
+
+def register_version(model, name: str, X, ids, tags: dict, description: str) -> str:
+    """Log ``model`` as the pyfunc of the active run, register it as a new version of ``name`` with
+    ``tags`` and ``description``, and return ``models:/NAME/VERSION``.
+
+    The one way every command (``train``, ``transfer``) turns a fitted model into a registered
+    version; ``X``/``ids`` are model-matrix rows and ids for the logged input example.
+    """
+    client = configure()
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registration chatter to stderr
+        info = _log_model(model, X, ids, name)
+    model_version = str(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, model_version, key, str(value))
+    client.update_model_version(name, model_version, description=description)
     return f"models:/{name}/{model_version}"
 
 
-def _log_model(model, data, name: str):
+def _log_model(model, X, ids, name: str):
     import mlflow
 
     from soilcarbon.models import pyfunc
@@ -165,7 +175,7 @@ def _log_model(model, data, name: str):
         name="model",
         python_model=pyfunc.SOCPyfunc(model),
         signature=pyfunc.signature(model),
-        input_example=pyfunc.input_example(model, data.X, data.ids),
+        input_example=pyfunc.input_example(model, X, ids),
         metadata=pyfunc.metadata(model),
         pip_requirements=_requirements(),
         registered_model_name=name,
