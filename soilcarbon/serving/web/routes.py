@@ -1,12 +1,13 @@
 """Routes of the web page (see :mod:`soilcarbon.serving.web`).
 
-- ``GET /`` and ``GET /models``: page shells (open).
+- ``GET /`` and ``GET /models`` (and the other :data:`~soilcarbon.serving.web.PAGES`): page shells (open).
 - ``GET /web/fragments/model-options``, ``GET /web/fragments/models``,
   ``GET /web/fragments/models/{name}/{version}/plots``: HTML fragments the script inserts.
 - ``POST /web/predict`` (multipart: ``model``, ``files``, optional ``level`` and ``job``): saves the
   uploads (:mod:`.uploads`), scores them with :func:`~soilcarbon.serving.predict.predict_file` into
   a temporary CSV and answers the result fragment, which embeds that CSV for download.
 - ``GET /web/progress/{job}``: phase and progress of a running ``POST /web/predict``.
+- ``GET /compare``, ``GET /stocks`` and their routes: :mod:`.views`.
 
 Errors are the REST API's JSON answers (``{"error": ...}``, 4xx), which the script shows on the page.
 The batch limit is enforced while scoring, by the progress hook of ``predict_file``.
