@@ -10,6 +10,7 @@ import base64
 import json
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -220,3 +221,25 @@ def test_stocks_error_is_a_readable_message(browser, server, tmp_path, capsys): 
     assert status == 422 and text.startswith("samples.csv: column 'bulk_density_g_cm3' is missing"), (status, text)
     assert "/tmp" not in text
     screenshot(browser, tmp_path / "stocks-error.png")
+
+
+def test_limits_of_the_views(server, tmp_path):  # noqa: F811
+    """The work a request may ask for is bounded: draws and resamples, and the rows of a samples
+    table (the batch limit); both answer 4xx with the reason."""
+    from test_web import API_KEY, MAX_BATCH
+
+    key = {"X-API-Key": API_KEY}
+    samples = SAMPLES.read_bytes()
+    answer = httpx.post(server + "/web/stocks", headers=key, data={"draws": "1000000000"},
+                        files={"samples": ("s.csv", samples), "predictions": ("p.csv", b"sample_id\n")})
+    assert answer.status_code == 422 and "draws must be between 100 and 20000" in answer.json()["error"]
+    many = tmp_path / "many.csv"
+    table = pd.read_csv(SAMPLES)
+    pd.concat([table.assign(sample_id=table["sample_id"] + f"-{k}") for k in range(2)]).to_csv(many, index=False)
+    assert len(table) * 2 > MAX_BATCH
+    answer = httpx.post(server + "/web/stocks", headers=key,
+                        files={"samples": ("many.csv", many.read_bytes()), "predictions": ("p.csv", b"sample_id\n")})
+    assert answer.status_code == 413 and answer.json()["error"].startswith("many.csv: about 1236 rows, more than")
+    answer = httpx.post(server + "/web/compare", headers=key,
+                        data={"models": ["models:/soc-nir/1", "models:/soc-mir/1"], "resamples": "99"})
+    assert answer.status_code == 422 and "resamples must be between 100" in answer.json()["error"]

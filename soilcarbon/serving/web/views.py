@@ -57,6 +57,9 @@ PROJECT_CHANGES = [("from", "from"), ("to", "to"), ("basis", "basis"), ("area_ha
                    ("credited", "credited basis")]
 DEFAULT_RESAMPLES = 2000
 DEFAULT_DRAWS = 2000
+#: Upper bounds of the resamples and draws a page request may ask for (the work grows with them).
+MAX_RESAMPLES = 20000
+MAX_DRAWS = 20000
 
 
 # ============================================================================ helpers
@@ -80,17 +83,29 @@ def table(records: list[dict], columns: list[tuple[str, str]]) -> dict:
     return {"columns": present, "rows": [[cell(r.get(k)) for k, _ in present] for r in records]}
 
 
-def number(text: str, name: str, default, kind=int, low=None):
+def number(text: str, name: str, default: int, low: int, high: int) -> int:
+    """A whole number of a form field, between ``low`` and ``high`` (the service's bound on work)."""
     text = (text or "").strip()
     if not text:
         return default
     try:
-        value = kind(text)
+        value = int(text)
     except ValueError:
-        raise SoilCarbonError(f"{name} must be a number, got {text!r}") from None
-    if low is not None and value < low:
-        raise SoilCarbonError(f"{name} must be at least {low}, got {text}")
+        raise SoilCarbonError(f"{name} must be a whole number, got {text!r}") from None
+    if not low <= value <= high:
+        raise SoilCarbonError(f"{name} must be between {low} and {high} on this service, got {text}")
     return value
+
+
+def check_rows(path: Path, max_rows: int) -> None:
+    """413 when the table at ``path`` has more lines than ``max_rows`` data rows (counted in blocks)."""
+    lines = 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(BLOCK), b""):
+            lines += block.count(b"\n")
+    if lines - 1 > max_rows:
+        raise WebError(413, f"{path.name}: about {lines - 1} rows, more than the {max_rows} samples per batch of "
+                            "this service; split the project into smaller parts")
 
 
 def save_table(upload: UploadFile | None, folder: Path, role: str) -> Path | None:
@@ -144,8 +159,8 @@ def install_views(router, html, cache, limits, jobs) -> None:
             chosen = [f for f in files if f.filename or (f.size or 0) > 0]
             target = target.strip()
             level_value = parse_level(level) or 0.9
-            n_resamples = number(resamples, "resamples", DEFAULT_RESAMPLES, int, 100)
-            seed_value = number(seed, "seed", 0, int, 0)
+            n_resamples = number(resamples, "resamples", DEFAULT_RESAMPLES, 100, MAX_RESAMPLES)
+            seed_value = number(seed, "seed", 0, 0, 2**32 - 1)
             if len(models) < 2:
                 raise SoilCarbonError(f"choose at least two model versions to compare ({len(models)} chosen)")
             if chosen and not target:
@@ -201,8 +216,8 @@ def install_views(router, html, cache, limits, jobs) -> None:
         from soilcarbon.serving.web.routes import parse_level
 
         level_value = parse_level(level) or 0.9
-        n_draws = number(draws, "draws", DEFAULT_DRAWS, int, 100)
-        seed_value = number(seed, "seed", 0, int, 0)
+        n_draws = number(draws, "draws", DEFAULT_DRAWS, 100, MAX_DRAWS)
+        seed_value = number(seed, "seed", 0, 0, 2**32 - 1)
         if credit_basis not in ("esm", "fixed"):
             raise SoilCarbonError(f"the credited basis must be esm or fixed, got {credit_basis!r}")
         with tempfile.TemporaryDirectory(prefix="soilcarbon-web-") as tmp:
@@ -217,11 +232,10 @@ def install_views(router, html, cache, limits, jobs) -> None:
                 if predictions_path is None:
                     raise SoilCarbonError("choose a predictions CSV (the output of soilcarbon predict or of the "
                                           "Predict page)")
+                for path in (samples_path, predictions_path):
+                    check_rows(path, limits["max_batch"])
                 inputs = pipeline.load(samples_path, predictions_path, fields_path, draws=n_draws, seed=seed_value,
                                        exclude_out_of_domain=bool(exclude_out_of_domain))
-                if len(inputs.layers) > limits["max_batch"]:
-                    raise WebError(413, f"the samples table holds {len(inputs.layers)} layers, more than the "
-                                        f"{limits['max_batch']} samples per batch of this service")
                 result = stocks.summarize(inputs.groups, inputs.areas, level_value, 0.10, credit_basis, inputs.strata)
                 sources = {"samples": samples_path.name, "predictions": predictions_path.name,
                            "fields": fields_path.name if fields_path is not None else None}
