@@ -67,6 +67,15 @@ def send(driver, button_id: str, expect_result: bool = True) -> None:
     assert bool(shown) != expect_result, f"message on the page: {shown!r}"
 
 
+def report_images(driver) -> int:
+    """How many figures the embedded report shows, once every image of it is decoded."""
+    script = ("const f = document.getElementById('compare-report'); const d = f && f.contentDocument; "
+              "if (!d || d.readyState !== 'complete') return -1; const i = [...d.images]; "
+              "return i.every(x => x.complete && x.naturalWidth > 100) ? i.length : -1;")
+    wait_for(driver, lambda d: d.execute_script(script) >= 0, 30, "the report's figures")
+    return driver.execute_script(script)
+
+
 def choose_versions(driver, uris: list[str]) -> None:
     """Tick the versions' boxes with the keyboard (space on the focused box)."""
     from selenium.webdriver.common.by import By
@@ -116,6 +125,7 @@ def test_compare_logged_and_on_test_data_equal_the_cli(browser, server, versions
     assert_rows_equal(shown_table(browser, "compare-metrics"), logged["models"])
     assert_rows_equal(shown_table(browser, "compare-pairs"), logged["pairs"])
     assert json.loads(linked(browser, "download-json")) == logged
+    assert report_images(browser) >= 1  # the logged metrics figure (and the out-of-fold plots)
     screenshot(browser, tmp_path / "compare-logged.png")
 
     test_csv = tmp_path / "test.csv"
@@ -140,6 +150,7 @@ def test_compare_logged_and_on_test_data_equal_the_cli(browser, server, versions
     report = browser.find_element(By.ID, "compare-report").get_attribute("srcdoc")
     assert report == linked(browser, "download-report").decode("utf-8")
     assert report.count("data:image/png;base64,") == 3 and "Paired differences" in report
+    assert report_images(browser) == 3
     screenshot(browser, tmp_path / "compare-test.png")
 
 
