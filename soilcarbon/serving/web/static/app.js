@@ -206,14 +206,26 @@ function setupView(formId, url, check, extend) {
     if (problem) { showMessage(problem, ""); return; }
     const data = new FormData(form);
     extend(data);
+    const job = jobId();
+    data.append("job", job);
     button.disabled = true;
     form.setAttribute("aria-busy", "true");
     status.textContent = "working…";
+    const timer = setInterval(async () => {  // the phase of a comparison (a stocks request has none)
+      try {
+        const answer = await fetch(`/web/progress/${job}`, { headers: headers() });
+        const state = answer.ok ? await answer.json() : null;
+        if (state && state.phase !== "waiting") {
+          status.textContent = `${state.phase}` + (state.samples ? `: ${state.samples} samples` : "") + "…";
+        }
+      } catch (e) { /* keep polling */ }
+    }, 500);
     let answer = null, body = "";
     try {
       answer = await fetch(url, { method: "POST", headers: headers(), body: data });
       body = await answer.text();
     } catch (e) { answer = null; }
+    clearInterval(timer);
     button.disabled = false;
     form.removeAttribute("aria-busy");
     status.textContent = "";
