@@ -99,6 +99,16 @@ def fill(driver, element_id: str, value) -> None:
     field.send_keys(str(value))
 
 
+def assert_phone_width(driver, path: Path) -> None:
+    """At a phone's width the page does not scroll sideways (wide tables scroll in their box)."""
+    driver.set_window_size(390, 844)
+    try:
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        screenshot(driver, path)
+    finally:
+        driver.set_window_size(1280, 1000)
+
+
 def assert_rows_equal(shown: list[dict], expected: list[dict]) -> None:
     assert len(shown) == len(expected) and shown
     for row, reference in zip(shown, expected):
@@ -152,6 +162,7 @@ def test_compare_logged_and_on_test_data_equal_the_cli(browser, server, versions
     assert report.count("data:image/png;base64,") == 3 and "Paired differences" in report
     assert report_images(browser) == 3
     screenshot(browser, tmp_path / "compare-test.png")
+    assert_phone_width(browser, tmp_path / "compare-phone.png")
 
 
 def test_compare_error_is_a_readable_message(browser, server, versions, tmp_path):  # noqa: F811
@@ -207,12 +218,7 @@ def test_stocks_from_the_predict_page_equal_the_cli(browser, server, tmp_path, c
     assert "von Haden" in report and "stock_samples.csv" in report and "/tmp" not in report
     screenshot(browser, tmp_path / "stocks.png")
 
-    browser.set_window_size(390, 844)  # a phone: the page does not scroll sideways
-    try:
-        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
-        screenshot(browser, tmp_path / "stocks-phone.png")
-    finally:
-        browser.set_window_size(1280, 1000)
+    assert_phone_width(browser, tmp_path / "stocks-phone.png")
 
 
 def test_stocks_error_is_a_readable_message(browser, server, tmp_path, capsys):  # noqa: F811

@@ -12,8 +12,8 @@ Both run the code of their commands, not copies:
   ``draws``, ``seed``, ``credit_basis``, ``exclude_out_of_domain``): :func:`soilcarbon.mrv.pipeline.load`
   and :func:`soilcarbon.mrv.stocks.summarize`, as ``soilcarbon stocks``; the answer shows the field,
   change and project tables and offers the STOCKS CSV, the changes CSV, the JSON of ``stocks --json``
-  and the report of :func:`soilcarbon.mrv.report.render` for download, byte for byte the command's
-  files for the same inputs (the report carries its own time stamp).
+  and the report of :func:`soilcarbon.mrv.report.render` for download; the CSV and JSON files are
+  byte for byte the command's for the same inputs (the report names the uploaded files and its time).
 - ``GET /web/fragments/version-choices``: the registered versions and aliases as check boxes.
 
 User errors are the REST API's 4xx JSON answers, with the job's temporary folder taken out of the message.
