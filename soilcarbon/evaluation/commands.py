@@ -22,16 +22,16 @@ def _number(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN and infinity become null (JSON has no such numbers)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item"):  # numpy scalars
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -109,7 +109,7 @@ def log_comparison(comparison, report_path: Path | None) -> str:
             mlflow.set_tag(f"pair_{k}", f"{p['a']} - {p['b']}")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "comparison.json"
-            path.write_text(json.dumps(_json_safe(comparison.to_dict()), indent=2))
+            path.write_text(json.dumps(json_safe(comparison.to_dict()), indent=2))
             mlflow.log_artifact(str(path), artifact_path="evaluation")
             report = Path(tmp) / "report.html"
             if report_path is None:
@@ -179,7 +179,7 @@ def compare_command(
         from soilcarbon.atomic import atomic_path
 
         with atomic_path(json_output) as tmp:
-            tmp.write_text(json.dumps(_json_safe(comparison.to_dict()), indent=2), encoding="utf-8")
+            tmp.write_text(json.dumps(json_safe(comparison.to_dict()), indent=2), encoding="utf-8")
         console.print(f"JSON: {json_output}")
     if output is not None:
         from soilcarbon.evaluation.report import write_report

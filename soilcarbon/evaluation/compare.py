@@ -241,8 +241,10 @@ def read_test_data(spectra, target: str, lab=None, covariates=None, id_col: str 
     return TestData(ids[keep], observed[keep], len(ids), n_without, notes)
 
 
-def predict_version(model, spectra, covariates, id_col: str, unit: str | None, level: float, folder: Path):
-    """``soilcarbon predict`` of one loaded version on the test file: ``(output table, PredictionSummary)``.
+def predict_version(model, spectra, covariates, id_col: str, unit: str | None, level: float, folder: Path,
+                    progress=None):
+    """``soilcarbon predict`` of one loaded version on the test file: ``(output table, PredictionSummary)``;
+    ``progress``: ``predict_file``'s progress hook (the web page's enforces its batch limit).
 
     Covariates are passed only to a version that uses them; a covariates-only version reads the
     covariates table when one is given, else the covariate columns of the spectra table.
@@ -259,7 +261,7 @@ def predict_version(model, spectra, covariates, id_col: str, unit: str | None, l
                               "pass --covariates or --spectra")
     output = Path(folder) / f"predictions-{model.name}-{model.version}.parquet"
     summary = predict_file(model, output, spectra=source_spectra, covariates=source_cov, id_col=id_col,
-                           unit=unit, level=level, quiet=True)
+                           unit=unit, level=level, quiet=True, progress=progress)
     return pd.read_parquet(output), summary
 
 
@@ -326,10 +328,11 @@ def _float(value):
 
 def compare_on_test(versions: list[Version], spectra, target: str, lab=None, covariates=None,
                     id_col: str = ID_COLUMN, unit: str | None = None, level: float = 0.9,
-                    n_resamples: int = 2000, seed: int = 0, models=None) -> Comparison:
+                    n_resamples: int = 2000, seed: int = 0, models=None, progress=None) -> Comparison:
     """Predict the test samples with every version and compare them on the samples all predicted.
 
-    ``models`` (optional) are the versions already loaded with :func:`load_model`, in order.
+    ``models`` (optional) are the versions already loaded with :func:`load_model`, in order;
+    ``progress`` (optional) is passed to every version's ``predict_file``.
     """
     from soilcarbon.serving.predict import check_level, load_model
 
@@ -346,7 +349,8 @@ def compare_on_test(versions: list[Version], spectra, target: str, lab=None, cov
     frames, problems = [], []
     with tempfile.TemporaryDirectory(prefix="soilcarbon-compare-") as folder:
         for model in loaded:
-            frame, summary = predict_version(model, spectra, covariates, id_col, unit, level, Path(folder))
+            frame, summary = predict_version(model, spectra, covariates, id_col, unit, level, Path(folder),
+                                             progress)
             frames.append(frame.drop_duplicates(ID_COLUMN, keep="first").set_index(ID_COLUMN))
             problems.append(dict(summary.problems))
     predicted_by_all = np.ones(len(data.ids), dtype=bool)

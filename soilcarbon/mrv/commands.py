@@ -40,6 +40,16 @@ def _records(frame) -> list[dict]:
     return _clean(frame.to_dict("records")) if len(frame) else []
 
 
+def summary_json(inputs, result) -> dict:
+    """What ``stocks --json`` prints (also shown by the web page): unit, model versions, samples
+    outside the domain, field and change tables and the project totals, NaN as null."""
+    return _clean({
+        "unit": inputs.unit, "models": {u: {"unit": i["unit"], "shared_bias_sd_percent": i["shared_sd_percent"]}
+                                        for u, i in inputs.models.items()},
+        "out_of_domain": inputs.out_of_domain, "excluded": inputs.excluded,
+        "fields": _records(result.fields), "changes": _records(result.changes), "project": result.project})
+
+
 def _write_csv(path: Path, frame) -> None:
     from soilcarbon.atomic import atomic_path
 
@@ -131,12 +141,7 @@ def stocks_command(
         with atomic_path(report) as tmp:
             tmp.write_text(html_text, encoding="utf-8")
     if as_json:
-        typer.echo(json.dumps(_clean({
-            "unit": inputs.unit, "models": {u: {"unit": i["unit"], "shared_bias_sd_percent": i["shared_sd_percent"]}
-                                            for u, i in inputs.models.items()},
-            "out_of_domain": inputs.out_of_domain, "excluded": inputs.excluded,
-            "fields": _records(result.fields), "changes": _records(result.changes), "project": result.project}),
-            indent=2))
+        typer.echo(json.dumps(summary_json(inputs, result), indent=2))
         return
     for row in result.fields.itertuples():
         typer.echo(f"{row.field} {row.campaign}: {row.stock_t_ha:.1f} t C/ha [{row.lower_t_ha:.1f}, "

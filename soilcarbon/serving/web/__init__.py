@@ -1,4 +1,5 @@
-"""The web page of ``soilcarbon serve``: predict from uploaded files, browse registered models.
+"""The web page of ``soilcarbon serve``: predict from uploaded files, browse registered models,
+compare versions (``soilcarbon compare``) and compute stocks (``soilcarbon stocks``).
 
 Server-rendered HTML (Jinja2 templates) with one small script (``static/app.js``); every asset is
 served by the package (no CDN, no build step). Mounted on the REST app by
@@ -37,6 +38,10 @@ class Page:
 PAGES: list[Page] = [
     Page("/", "Predict", "predict.html", "Upload spectra, get SOC with intervals and domain flags"),
     Page("/models", "Models", "models.html", "Registered models, versions, aliases and CV metrics"),
+    Page("/compare", "Compare", "compare.html",
+         "Compare registered versions: their logged CV metrics, or their accuracy on the same test samples"),
+    Page("/stocks", "Stocks", "stocks.html",
+         "SOC stocks (t C/ha) per field and campaign, their change and project totals, with intervals"),
 ]
 
 #: Paths served without the API key: the page shells and the static assets (no data in them).

@@ -1,12 +1,13 @@
 """Routes of the web page (see :mod:`soilcarbon.serving.web`).
 
-- ``GET /`` and ``GET /models``: page shells (open).
+- ``GET /`` and ``GET /models`` (and the other :data:`~soilcarbon.serving.web.PAGES`): page shells (open).
 - ``GET /web/fragments/model-options``, ``GET /web/fragments/models``,
   ``GET /web/fragments/models/{name}/{version}/plots``: HTML fragments the script inserts.
 - ``POST /web/predict`` (multipart: ``model``, ``files``, optional ``level`` and ``job``): saves the
   uploads (:mod:`.uploads`), scores them with :func:`~soilcarbon.serving.predict.predict_file` into
   a temporary CSV and answers the result fragment, which embeds that CSV for download.
 - ``GET /web/progress/{job}``: phase and progress of a running ``POST /web/predict``.
+- ``GET /compare``, ``GET /stocks`` and their routes: :mod:`.views`.
 
 Errors are the REST API's JSON answers (``{"error": ...}``, 4xx), which the script shows on the page.
 The batch limit is enforced while scoring, by the progress hook of ``predict_file``.
@@ -173,14 +174,14 @@ def plotted_spectra(model, path: Path, n_rows: int):
     return values if len(values) == n_rows else None
 
 
-def _clean(message: str, folder: Path) -> str:
+def clean_message(message: str, folder: Path) -> str:
     """A message about the job's files, without the temporary folder in it."""
     uploads = folder / "uploads"
     return (str(message).replace(str(uploads / "opus-files"), "the uploaded OPUS files")
             .replace(str(uploads) + os.sep, "").replace(str(folder) + os.sep, ""))
 
 
-def _level(text: str | None) -> float | None:
+def parse_level(text: str | None) -> float | None:
     from soilcarbon.serving.predict import check_level
 
     return None if text is None or not str(text).strip() else check_level(str(text).strip())
@@ -217,7 +218,7 @@ def install_routes(app, needs_key: bool) -> None:
     def model_options():
         from soilcarbon.training.tracking import list_models
 
-        registered = _registry(list_models)
+        registered = read_registry(list_models)
         served = served_state["model"]
         options = model_choices(registered, served.requested_uri)
         if not any(o["selected"] for o in options):
@@ -229,7 +230,7 @@ def install_routes(app, needs_key: bool) -> None:
     def models_table():
         from soilcarbon.training.tracking import list_models
 
-        registered = _registry(list_models)
+        registered = read_registry(list_models)
         by_name: dict[str, list[dict]] = collections.defaultdict(list)
         for row in registered:
             by_name[row["name"]].append(row)
@@ -272,7 +273,7 @@ def install_routes(app, needs_key: bool) -> None:
         state = jobs.start(job)
         try:
             chosen = [f for f in files if f.filename or (f.size or 0) > 0]
-            level_value = _level(level)
+            level_value = parse_level(level)
             resolved, _, _ = resolve_model_uri(model)
             with tempfile.TemporaryDirectory(prefix="soilcarbon-web-") as tmp:
                 folder = Path(tmp)
@@ -289,9 +290,9 @@ def install_routes(app, needs_key: bool) -> None:
                     numbers = pd.read_csv(io.BytesIO(data), dtype={"sample_id": str})
                     spectra = plotted_spectra(served, source, len(numbers))
                 except WebError as exc:
-                    raise WebError(exc.status, _clean(str(exc), folder)) from None
+                    raise WebError(exc.status, clean_message(str(exc), folder)) from None
                 except SoilCarbonError as exc:
-                    raise SoilCarbonError(_clean(str(exc), folder)) from None
+                    raise SoilCarbonError(clean_message(str(exc), folder)) from None
             label = unit_label(served.target, served.target_unit)
             in_domain = numbers["in_domain"].astype(str).str.lower().eq("true").to_numpy()
             numbers["in_domain"] = in_domain
@@ -305,11 +306,14 @@ def install_routes(app, needs_key: bool) -> None:
         finally:
             jobs.finish(job)
 
+    from soilcarbon.serving.web.views import install_views
+
+    install_views(router, html, models, limits, jobs)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
 
-def _registry(list_models) -> list[dict]:
+def read_registry(list_models) -> list[dict]:
     try:
         return list_models()
     except Exception as exc:  # the registry is a separate service; report, do not crash

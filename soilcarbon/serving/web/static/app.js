@@ -152,6 +152,7 @@ function setupPredict() {
       if (request.status === 200) {
         result.innerHTML = request.responseText;
         result.dataset.job = job;
+        rememberPredictions(result);
         const heading = result.querySelector("h2");
         if (heading) { heading.tabIndex = -1; heading.focus(); }
       } else {
@@ -173,9 +174,107 @@ function setupPredict() {
   });
 }
 
+// The Predict page's last CSV, kept in the tab for the Stocks page.
+const LAST_STORE = "soilcarbon-last-predictions";
+
+function rememberPredictions(result) {
+  const link = result.querySelector("#download");
+  const uri = result.querySelector("#model-uri");
+  if (!link) return;
+  try {
+    sessionStorage.setItem(LAST_STORE, JSON.stringify({
+      data: link.getAttribute("href").split(",", 2)[1], model: uri ? uri.textContent : "",
+      samples: result.querySelectorAll("#predictions tbody tr").length }));
+  } catch (e) { /* too large for the tab's storage: upload the downloaded file instead */ }
+}
+
+function lastPredictions() {
+  try { return JSON.parse(sessionStorage.getItem(LAST_STORE) || "null"); } catch (e) { return null; }
+}
+
+// A form of the Compare or Stocks page: posted with the key, the answer shown below it.
+function setupView(formId, url, check, extend) {
+  const form = document.getElementById(formId);
+  if (!form) return;
+  const button = form.querySelector("button[type=submit]");
+  const status = form.querySelector("[aria-live]");
+  const result = document.getElementById("result");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearMessage();
+    const problem = check();
+    if (problem) { showMessage(problem, ""); return; }
+    const data = new FormData(form);
+    extend(data);
+    const job = jobId();
+    data.append("job", job);
+    button.disabled = true;
+    form.setAttribute("aria-busy", "true");
+    status.textContent = "working…";
+    const timer = setInterval(async () => {  // the phase of a comparison (a stocks request has none)
+      try {
+        const answer = await fetch(`/web/progress/${job}`, { headers: headers() });
+        const state = answer.ok ? await answer.json() : null;
+        if (state && state.phase !== "waiting") {
+          status.textContent = `${state.phase}` + (state.samples ? `: ${state.samples} samples` : "") + "…";
+        }
+      } catch (e) { /* keep polling */ }
+    }, 500);
+    let answer = null, body = "";
+    try {
+      answer = await fetch(url, { method: "POST", headers: headers(), body: data });
+      body = await answer.text();
+    } catch (e) { answer = null; }
+    clearInterval(timer);
+    button.disabled = false;
+    form.removeAttribute("aria-busy");
+    status.textContent = "";
+    if (answer && answer.ok) {
+      result.innerHTML = body;
+      const heading = result.querySelector("h2");
+      if (heading) { heading.tabIndex = -1; heading.focus(); }
+    } else {
+      result.innerHTML = "";
+      showMessage(errorText(answer ? answer.status : 0, body), answer ? answer.status : 0);
+    }
+  });
+}
+
+function setupCompare() {
+  setupView("compare-form", "/web/compare", () => {
+    const chosen = document.querySelectorAll("#versions input[name=models]:checked").length;
+    return chosen < 2 ? "choose at least two model versions to compare" : "";
+  }, () => {});
+}
+
+function setupStocks() {
+  const box = document.getElementById("use-last-box");
+  const last = lastPredictions();
+  if (box && last) {
+    document.getElementById("last-name").textContent = `${last.samples} samples, ${last.model}`;
+    box.hidden = false;
+  }
+  setupView("stocks-form", "/web/stocks", () => {
+    if (!document.getElementById("stocks-samples").files.length) return "choose the samples table first";
+    const useLast = document.getElementById("use-last").checked;
+    if (!useLast && !document.getElementById("stocks-predictions").files.length) {
+      return "choose a predictions CSV (or use the predictions of the Predict page)";
+    }
+    return "";
+  }, (data) => {
+    const saved = lastPredictions();
+    if (document.getElementById("use-last").checked && saved) {
+      const bytes = Uint8Array.from(atob(saved.data), (c) => c.charCodeAt(0));
+      data.set("predictions", new Blob([bytes], { type: "text/csv" }), "predictions.csv");
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setupKey();
   setupPredict();
+  setupCompare();
+  setupStocks();
   if (!needsKey() || apiKey()) {
     loadFragments();
   } else {
