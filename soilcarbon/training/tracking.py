@@ -14,7 +14,6 @@ import io
 import json
 import os
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,9 @@ import numpy as np
 from soilcarbon.errors import SoilCarbonError
 
 EXPERIMENT = "soilcarbon"
-REQUIREMENTS = ("numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "lightgbm", "mlflow", "chemotools")
+PACKAGE = "soilcarbon"
+#: Provided by MLflow itself: ``log_model`` adds ``mlflow==<version in use>`` to the requirements.
+MLFLOW_DISTRIBUTIONS = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
 
 
 def tracking_uri() -> str:
@@ -75,14 +76,123 @@ def data_digest(ids, X, y) -> str:
     return h.hexdigest()[:16]
 
 
-def _requirements() -> list[str]:
-    out = []
-    for name in REQUIREMENTS:
+def model_requirements(python_model) -> list[str]:
+    """Pinned pip requirements (``name==version in use``) of everything ``python_model`` needs to load
+    and predict, derived rather than listed by hand.
+
+    1. The modules the pickled model refers to (read back through an :class:`pickle.Unpickler` that
+       records every ``find_class``: the pickle MLflow writes holds exactly these references).
+    2. For our own modules among them, every third-party import in their source, module level or
+       inside functions (``ast``), following imports of our other modules; this is how ``numba``
+       (imported by the compiled local PLS) or ``lightgbm`` is found.
+    3. Their distributions (``importlib.metadata.packages_distributions``) and, recursively, what
+       those declare in ``Requires-Dist`` for this platform (no extras), so that the versions of
+       transitive dependencies (``llvmlite``, ``joblib``, ...) are the ones in use, too.
+
+    The package itself is not listed: it travels with the model as code (``code_paths``). MLflow
+    adds ``mlflow`` itself; its own dependencies are left to pip.
+    """
+    import importlib.metadata as metadata
+    import pickle
+    import sys
+
+    import cloudpickle
+
+    class Recorder(pickle.Unpickler):
+        def __init__(self, data: bytes):
+            super().__init__(io.BytesIO(data))
+            self.modules = set()
+
+        def find_class(self, module, name):
+            self.modules.add(module)
+            return super().find_class(module, name)
+
+    recorder = Recorder(cloudpickle.dumps(python_model))
+    recorder.load()
+    tops = {m.split(".")[0] for m in recorder.modules if m.split(".")[0] != PACKAGE}
+    tops |= _source_imports({m for m in recorder.modules if m.split(".")[0] == PACKAGE})
+    tops -= set(sys.stdlib_module_names) | {"builtins", "__main__"}
+    by_module = metadata.packages_distributions()
+    wanted = {dist for top in tops for dist in by_module.get(top, [])}
+    return sorted(f"{dist}=={metadata.version(dist)}" for dist in _with_dependencies(wanted)
+                  if _canonical(dist) not in MLFLOW_DISTRIBUTIONS | {PACKAGE})
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _source_imports(modules: set[str]) -> set[str]:
+    """Top-level names of the non-package modules imported anywhere in the source of ``modules``
+    (our own), following imports of our other modules."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+
+    def source(name: str) -> Path | None:
+        base = root.joinpath(*name.split(".")[1:])
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
+        return None
+
+    seen, todo, found = set(), list(modules), set()
+    while todo:
+        name = todo.pop()
+        path = source(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for imported in names:
+                if imported.split(".")[0] == PACKAGE:
+                    todo.append(imported)
+                else:
+                    found.add(imported.split(".")[0])
+    return found
+
+
+def _with_dependencies(distributions: set[str]) -> set[str]:
+    """``distributions`` and, recursively, the installed distributions they require (no extras)."""
+    import importlib.metadata as metadata
+
+    from packaging.requirements import Requirement
+
+    out, todo = {}, list(distributions)
+    while todo:
+        dist = todo.pop()
+        key = _canonical(dist)
+        if key in out or key in MLFLOW_DISTRIBUTIONS:
+            continue
         try:
-            out.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            out.append(name)
-    return out
+            out[key] = metadata.distribution(dist).metadata["Name"]
+            requires = metadata.requires(dist) or []
+        except metadata.PackageNotFoundError:
+            out.pop(key, None)
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return set(out.values())
+
+
+def package_code(folder: Path) -> Path:
+    """A copy of this package's source (no caches) in ``folder``, for ``code_paths``."""
+    import shutil
+
+    source = Path(__file__).resolve().parents[1]
+    target = Path(folder) / PACKAGE
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
 
 
 def _flatten(prefix: str, value, out: dict) -> dict:
@@ -149,19 +259,25 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
 
 
 def _log_model(model, data, name: str):
+    """Log the pyfunc with this package's code and its pinned requirements, so that the model
+    loads and predicts where soilcarbon is not installed (``mlflow models serve``, a Spark worker,
+    a notebook): MLflow puts ``code/`` on ``sys.path`` before unpickling."""
     import mlflow
 
     from soilcarbon.models import pyfunc
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=pyfunc.SOCPyfunc(model),
-        signature=pyfunc.signature(model),
-        input_example=pyfunc.input_example(model, data.X, data.ids),
-        metadata=pyfunc.metadata(model),
-        pip_requirements=_requirements(),
-        registered_model_name=name,
-    )
+    python_model = pyfunc.SOCPyfunc(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            signature=pyfunc.signature(model),
+            input_example=pyfunc.input_example(model, data.X, data.ids),
+            metadata=pyfunc.metadata(model),
+            pip_requirements=model_requirements(python_model),
+            code_paths=[str(package_code(Path(tmp)))],
+            registered_model_name=name,
+        )
 
 
 def list_models() -> list[dict]:
