@@ -327,7 +327,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
 
     @app.get("/v1/models", summary="Registered models, versions, aliases and cross-validated metrics")
     def models():
-        from soilcarbon.training.tracking import list_models
+        from soilcarbon.registry import list_models
 
         try:
             registered = list_models()
@@ -358,9 +358,9 @@ class _Unsupported(Exception):
 
 
 def _resolves_elsewhere(model: ServedModel) -> bool:
-    from soilcarbon.serving.predict import resolve_model_uri
+    from soilcarbon.registry import resolve
 
-    resolved, _, _ = resolve_model_uri(model.requested_uri)
+    resolved, _, _ = resolve(model.requested_uri)
     return resolved != model.uri
 
 

@@ -175,7 +175,7 @@ def _load_inputs(spectra, lab, covariates, id_col, unit, console):
 @models_app.command("list")
 def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Registered models, versions, aliases and cross-validated metrics."""
-    from soilcarbon.training.tracking import list_models
+    from soilcarbon.registry import list_models
 
     rows = list_models()
     if as_json:
@@ -194,7 +194,7 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.
 @models_app.command("promote")
 def promote_command(name: str, version: str, alias: str = typer.Option("champion", "--alias")):
     """Point an alias (default: champion) at a model version."""
-    from soilcarbon.training.tracking import promote
+    from soilcarbon.registry import promote
 
     promote(name, version, alias)
     typer.echo(f"models:/{name}@{alias} -> version {version}")

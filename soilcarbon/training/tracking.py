@@ -1,7 +1,7 @@
-"""MLflow tracking and registry: where runs go, what a training run logs, how a model is registered.
+"""MLflow tracking: what a training run logs and how its model is registered (the store, URI
+resolution, listing and promotion are in :mod:`soilcarbon.registry`).
 
-Tracking URI: ``MLFLOW_TRACKING_URI`` when set, else a SQLite file ``mlflow.db`` in the working
-directory (artifacts in ``mlartifacts/`` beside it). A run logs the configuration, the data
+A run logs the configuration, the data
 digest, per-fold and summary metrics, the candidate table, plots and the pyfunc model, and
 registers the model version with tags for target, unit and training data.
 """
@@ -18,39 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from soilcarbon.errors import SoilCarbonError
+from soilcarbon.registry import configure, tracking_uri
 
 EXPERIMENT = "soilcarbon"
 PACKAGE = "soilcarbon"
 #: Provided by MLflow itself: ``log_model`` adds ``mlflow==<version in use>`` to the requirements.
 MLFLOW_DISTRIBUTIONS = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` or the embedded default, a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def quiet_mlflow() -> None:
-    """Keep MLflow's info logs and advisory warnings off the user's terminal."""
-    import logging
-    import warnings
-
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="mlflow")
-
-
-def configure():
-    """Point MLflow at the tracking URI (also the registry) and return the client."""
-    import mlflow
-
-    quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(uri, uri)
 
 
 def ensure_experiment(name: str = EXPERIMENT) -> str:
@@ -278,35 +251,3 @@ def _log_model(model, data, name: str):
             code_paths=[str(package_code(Path(tmp)))],
             registered_model_name=name,
         )
-
-
-def list_models() -> list[dict]:
-    """Registered models with their versions, aliases and CV metrics (from version tags)."""
-    client = configure()
-    out = []
-    for registered in client.search_registered_models():
-        aliases = {}
-        for alias, ver in (registered.aliases or {}).items():
-            aliases.setdefault(str(ver), []).append(alias)
-        versions = client.search_model_versions(f"name='{registered.name}'")
-        for mv in sorted(versions, key=lambda v: int(v.version)):
-            out.append({
-                "name": registered.name, "version": int(mv.version), "aliases": aliases.get(str(mv.version), []),
-                "target": mv.tags.get("target", ""), "unit": mv.tags.get("unit", ""),
-                "cv_scheme": mv.tags.get("cv_scheme", ""), "run_id": mv.run_id,
-                "metrics": {k[3:]: float(v) for k, v in mv.tags.items() if k.startswith("cv_") and k != "cv_scheme"},
-                "created": int(mv.creation_timestamp or 0),
-            })
-    return out
-
-
-def promote(name: str, version: str, alias: str = "champion") -> None:
-    """Point ``alias`` at a model version (``models:/NAME@ALIAS``)."""
-    from mlflow.exceptions import MlflowException
-
-    client = configure()
-    try:
-        client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        raise SoilCarbonError(f"model {name!r} has no version {version}; see `soilcarbon models list`") from exc
-    client.set_registered_model_alias(name, alias, str(version))

@@ -1,0 +1,156 @@
+"""The MLflow registry, in one place: where the store is, how a URI becomes a model version, loading,
+listing and promoting. Every command (train, predict, serve, map, models) goes through here.
+
+Tracking URI: ``MLFLOW_TRACKING_URI`` when set, else a SQLite file ``mlflow.db`` in the working
+directory (also the registry; artifacts in ``mlartifacts/`` beside it).
+
+A URI given by a user (``models:/NAME@ALIAS``, ``models:/NAME/latest``) is resolved once to the
+concrete version ``models:/NAME/VERSION``, and that is what every output names (prediction rows,
+GeoTIFF tags, the REST responses): an alias moves, a version does not.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from soilcarbon.errors import SoilCarbonError
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or the embedded default, a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def quiet_mlflow() -> None:
+    """Keep MLflow's info logs and advisory warnings off the user's terminal."""
+    import logging
+    import warnings
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="mlflow")
+
+
+def configure():
+    """Point MLflow at the tracking URI (also the registry) and return an ``MlflowClient``."""
+    import mlflow
+
+    quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(uri, uri)
+
+
+def resolve(uri: str, client=None) -> tuple[str, str | None, str | None]:
+    """``(concrete URI, registered name, version)`` for a model URI.
+
+    ``models:/NAME@ALIAS`` and ``models:/NAME/latest`` become ``models:/NAME/VERSION``;
+    ``models:/NAME/VERSION`` is checked to exist. Other URIs (``runs:/``, logged models
+    ``models:/m-<id>``, paths) are returned unchanged with no name or version.
+    """
+    from mlflow.exceptions import MlflowException
+
+    text = str(uri).strip()
+    if not text:
+        raise SoilCarbonError("no model URI given; pass --model models:/NAME@ALIAS, models:/NAME/VERSION or runs:/...")
+    if not text.startswith("models:/"):
+        return text, None, None
+    if client is None:
+        client = configure()
+    body = text[len("models:/"):].strip("/")
+    if body.startswith("m-") and "/" not in body and "@" not in body:
+        return text, None, None  # an MLflow 3 logged model (models:/<model_id>), not a registered name
+    try:
+        if "@" in body:
+            name, alias = body.rsplit("@", 1)
+            if not name or not alias:
+                raise SoilCarbonError(f"model URI {text!r} is malformed; use models:/NAME@ALIAS")
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        else:
+            if "/" not in body:
+                raise SoilCarbonError(f"model URI {text!r} has no version or alias; use models:/NAME/VERSION "
+                                      "or models:/NAME@ALIAS")
+            name, ref = body.rsplit("/", 1)
+            if ref.isdigit():
+                version = str(client.get_model_version(name, ref).version)
+            elif ref.lower() == "latest":
+                versions = client.search_model_versions(f"name='{name}'")
+                if not versions:
+                    raise SoilCarbonError(f"model {name!r} has no versions; see `soilcarbon models list`")
+                version = str(max(int(v.version) for v in versions))
+            else:
+                raise SoilCarbonError(f"model URI {text!r}: {ref!r} is neither a version number nor 'latest'; "
+                                      "use models:/NAME/VERSION or models:/NAME@ALIAS")
+    except MlflowException as exc:
+        message = " ".join(str(exc.message if hasattr(exc, "message") else exc).split())
+        raise SoilCarbonError(f"model {text!r} not found in the registry ({message[:200]}); "
+                              "see `soilcarbon models list`") from exc
+    return f"models:/{name}/{version}", name, version
+
+
+@dataclass
+class LoadedModel:
+    """A pyfunc model loaded from the registry: ``uri`` is the resolved version, ``requested_uri``
+    what the user gave."""
+
+    requested_uri: str
+    uri: str
+    name: str | None
+    version: str | None
+    pyfunc: object
+
+
+def load(uri: str) -> LoadedModel:
+    """Resolve ``uri`` (:func:`resolve`) and load that version with ``mlflow.pyfunc.load_model``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = configure()
+    resolved, name, version = resolve(uri, client)
+    try:
+        loaded = mlflow.pyfunc.load_model(resolved)
+    except (MlflowException, OSError, ValueError) as exc:
+        message = " ".join(str(getattr(exc, "message", exc)).split())
+        raise SoilCarbonError(f"cannot load model {uri!r} ({message[:200]}); check the URI and the tracking "
+                              "server (MLFLOW_TRACKING_URI); see `soilcarbon models list`") from exc
+    return LoadedModel(str(uri), resolved, name, version, loaded)
+
+
+def list_models() -> list[dict]:
+    """Registered models with their versions, aliases and CV metrics (from version tags)."""
+    client = configure()
+    out = []
+    for registered in client.search_registered_models():
+        aliases = {}
+        for alias, ver in (registered.aliases or {}).items():
+            aliases.setdefault(str(ver), []).append(alias)
+        versions = client.search_model_versions(f"name='{registered.name}'")
+        for mv in sorted(versions, key=lambda v: int(v.version)):
+            out.append({
+                "name": registered.name, "version": int(mv.version), "aliases": aliases.get(str(mv.version), []),
+                "target": mv.tags.get("target", ""), "unit": mv.tags.get("unit", ""),
+                "cv_scheme": mv.tags.get("cv_scheme", ""), "run_id": mv.run_id,
+                "metrics": {k[3:]: float(v) for k, v in mv.tags.items() if k.startswith("cv_") and k != "cv_scheme"},
+                "created": int(mv.creation_timestamp or 0),
+            })
+    return out
+
+
+def promote(name: str, version: str, alias: str = "champion") -> None:
+    """Point ``alias`` at a model version (``models:/NAME@ALIAS``)."""
+    from mlflow.exceptions import MlflowException
+
+    client = configure()
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise SoilCarbonError(f"model {name!r} has no version {version}; see `soilcarbon models list`") from exc
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException as exc:
+        message = " ".join(str(getattr(exc, "message", exc)).split())
+        raise SoilCarbonError(f"cannot set alias {alias!r} ({message[:200]})") from exc
