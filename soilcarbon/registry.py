@@ -120,6 +120,85 @@ def load(uri: str) -> LoadedModel:
     return LoadedModel(str(uri), resolved, name, version, loaded)
 
 
+#: Run tags naming the process that runs a training run, so a later process can tell a run that is
+#: still going (another ``train`` right now) from one whose process died.
+PROCESS_TAGS = ("soilcarbon.host", "soilcarbon.pid", "soilcarbon.pid_start")
+
+
+def _process_start(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), or ``""``."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tags() -> dict:
+    """Tags for a run started by this process (host, pid and the pid's start time)."""
+    import socket
+
+    return dict(zip(PROCESS_TAGS, (socket.gethostname(), str(os.getpid()), _process_start(os.getpid()))))
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return not start or _process_start(pid) in ("", start)  # a reused pid has another start time
+
+
+def fail_dead_runs(client, experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING runs started on this host by a process that no longer exists (killed
+    before it could end its run); returns their ids. Runs of live processes are left alone."""
+    import socket
+
+    host = socket.gethostname()
+    dead = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        pid = tags.get("soilcarbon.pid", "")
+        if tags.get("soilcarbon.host") != host or not pid.isdigit():
+            continue
+        if not _alive(int(pid), tags.get("soilcarbon.pid_start", "")):
+            client.set_tag(run.info.run_id, "soilcarbon.failure", "its process ended before the run finished")
+            client.set_terminated(run.info.run_id, "FAILED")
+            dead.append(run.info.run_id)
+    return dead
+
+
+def register(client, name: str, info, run_id: str, tags: dict, description: str) -> str:
+    """Register the logged model ``info`` (``mlflow.pyfunc.log_model``'s result) as a new version
+    of ``name`` with its tags and description in one call; returns the version number.
+
+    ``create_model_version`` writes the version, its tags and description in one transaction,
+    unlike ``log_model(registered_model_name=...)`` followed by tag calls, which leaves a version
+    without its metrics when the process dies in between.
+    """
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(name, source=info.model_uri, run_id=run_id,
+                                          tags={k: str(v) for k, v in tags.items()},
+                                          description=description, model_id=info.model_id)
+    try:  # the logged model's link to its versions, as mlflow.register_model records it (for the UI)
+        logged = client.get_logged_model(info.model_id)
+        links = json.loads(logged.tags.get("mlflow.modelVersions", "[]"))
+        links.append({"name": name, "version": str(version.version)})
+        client.set_logged_model_tags(info.model_id, {"mlflow.modelVersions": json.dumps(links)})
+    except MlflowException:
+        pass
+    return str(version.version)
+
+
 def list_models() -> list[dict]:
     """Registered models with their versions, aliases and CV metrics (from version tags)."""
     client = configure()

@@ -4,6 +4,11 @@ resolution, listing and promotion are in :mod:`soilcarbon.registry`).
 A run logs the configuration, the data
 digest, per-fold and summary metrics, the candidate table, plots and the pyfunc model, and
 registers the model version with tags for target, unit and training data.
+
+Registration is all-or-nothing for anyone reading the registry: the model is logged first, then
+the version is created with its tags and description in one call (one database transaction), so
+no version is ever visible without its CV metrics. A run whose process died (SIGKILL, power loss)
+is left RUNNING by MLflow; the next ``train`` marks it FAILED (:func:`soilcarbon.registry.fail_dead_runs`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ import numpy as np
 from soilcarbon.registry import configure, tracking_uri
 
 EXPERIMENT = "soilcarbon"
+#: Tests only: when this environment variable names a file, ``log_training`` writes its pid there
+#: after the model is logged and just before the version is registered, then sleeps
+#: (``<VARIABLE>_SECONDS``, default 60), so a test can kill the process exactly there.
+HOLD_BEFORE_REGISTRATION = "SOILCARBON_TEST_HOLD_BEFORE_REGISTRATION"
 PACKAGE = "soilcarbon"
 #: Provided by MLflow itself: ``log_model`` adds ``mlflow==<version in use>`` to the requirements.
 MLFLOW_DISTRIBUTIONS = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
@@ -184,12 +193,16 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
 
     from soilcarbon.training import plots
 
+    from soilcarbon import registry
+
     client = configure()
     experiment_id = ensure_experiment()
+    registry.fail_dead_runs(client, experiment_id)
     data = result.data
     digest = data_digest(data.ids, data.X, data.y)
     result.model.info["target_unit"] = target_unit
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{name}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{name}",
+                          tags=registry.process_tags()) as run:
         params = _flatten("", result.config.to_dict(), {})
         params.update({"target": data.target, "n_samples": len(data.y), "n_dropped": data.n_dropped,
                        "n_points": data.layout.n_spectral, "covariates": len(data.layout.covariates),
@@ -214,24 +227,33 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
             for file in ("oof_predictions.csv", "candidates.csv", "fold_metrics.csv", "train.yaml"):
                 mlflow.log_artifact(str(tmp / file), artifact_path="cv")
         model = result.model
-        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registration chatter to stderr
-            info = _log_model(model, data, name)
-        model_version = str(info.registered_model_version)
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints logging chatter to stderr
+            info = _log_model(model, data)
         tags = {"target": data.target, "unit": target_unit or "unspecified",
                 "spectral_unit": data.layout.unit or "none", "training_data": sources.get("spectra") or
                 sources.get("covariates") or "", "data_digest": digest, "n_train": str(len(data.y)),
                 "cv_scheme": result.cv_scheme, "selected_model": result.selection.name[:500]}
         tags.update({f"cv_{k}": f"{v:.6g}" for k, v in result.metrics.items()})
-        for key, value in tags.items():
-            client.set_model_version_tag(name, model_version, key, str(value))
-        client.update_model_version(name, model_version, description=(
+        description = (
             f"SOC calibration for {data.target} ({result.selection.name[:200]}); "
             f"CV RMSE {result.metrics['rmse']:.4g}, PICP {result.metrics.get('picp', float('nan')):.3f} "
-            f"at level {model.level:g} ({result.cv_scheme}); run {run.info.run_id}"))
+            f"at level {model.level:g} ({result.cv_scheme}); run {run.info.run_id}")
+        _test_hold(HOLD_BEFORE_REGISTRATION)
+        model_version = registry.register(client, name, info, run.info.run_id, tags, description)
     return f"models:/{name}/{model_version}"
 
 
-def _log_model(model, data, name: str):
+def _test_hold(variable: str) -> None:
+    """A deterministic point for tests that kill a run (see :data:`HOLD_BEFORE_REGISTRATION`)."""
+    marker = os.environ.get(variable)
+    if marker:
+        import time
+
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(float(os.environ.get(f"{variable}_SECONDS", "60")))
+
+
+def _log_model(model, data):
     """Log the pyfunc with this package's code and its pinned requirements, so that the model
     loads and predicts where soilcarbon is not installed (``mlflow models serve``, a Spark worker,
     a notebook): MLflow puts ``code/`` on ``sys.path`` before unpickling."""
@@ -249,5 +271,4 @@ def _log_model(model, data, name: str):
             metadata=pyfunc.metadata(model),
             pip_requirements=model_requirements(python_model),
             code_paths=[str(package_code(Path(tmp)))],
-            registered_model_name=name,
         )
