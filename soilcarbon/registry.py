@@ -11,6 +11,7 @@ GeoTIFF tags, the REST responses): an alias moves, a version does not.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,44 @@ def configure():
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(uri, uri)
+    with _first_opening(uri):
+        client = MlflowClient(uri, uri)  # opens the tracking store: creates or checks its tables
+        client.search_registered_models(max_results=1)  # and the registry's
+    return client
+
+
+_INITIALIZED: set[str] = set()
+
+
+@contextlib.contextmanager
+def _first_opening(uri: str):
+    """Hold an exclusive lock while this process opens a SQLite store for the first time.
+
+    MLflow creates the tables of a new SQLite database with alembic migrations the first time a
+    process opens it; two processes doing that at once (two first-time ``train`` runs) make all
+    but one fail with ``duplicate column`` errors. An exclusive lock on ``<database>.lock`` (``fcntl``,
+    beside the database) serializes the first opening in every process; once the tables exist,
+    opening is only a check. Other stores (a tracking server) migrate themselves.
+    """
+    if not uri.startswith("sqlite:///") or uri in _INITIALIZED:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    database = Path(uri[len("sqlite:///"):])
+    if not database.parent.is_dir():
+        raise SoilCarbonError(f"MLflow store {database}: folder {database.parent} does not exist; "
+                              "create it or set MLFLOW_TRACKING_URI")
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _INITIALIZED.add(uri)
 
 
 def resolve(uri: str, client=None) -> tuple[str, str | None, str | None]:

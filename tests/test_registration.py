@@ -2,9 +2,10 @@
 survives concurrent first-time `train` runs (issue 10, "Debris"). Real `train` subprocesses,
 real SIGKILL, a real MLflow SQLite store.
 
-The kill lands at a deterministic point: ``SOILCARBON_TEST_HOLD_BEFORE_REGISTRATION=FILE`` makes
-``train`` write its pid to FILE after logging the model and just before registering the
-version, then sleep (see ``soilcarbon.training.tracking.HOLD_BEFORE_REGISTRATION``).
+Kills and races land at deterministic points: ``SOILCARBON_TEST_HOLD_BEFORE_REGISTRATION=FILE``
+makes ``train`` write ``FILE.<pid>`` after logging the model, just before registering the version,
+and wait there until FILE exists; ``SOILCARBON_TEST_HOLD_BEFORE_STORE`` does the same before the
+store is opened (see ``soilcarbon.training.tracking._test_point``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from conftest import REPO
 from trained_model import FAST_CONFIG
 
 from soilcarbon import registry
-from soilcarbon.training.tracking import HOLD_BEFORE_REGISTRATION
+from soilcarbon.training.tracking import HOLD_BEFORE_REGISTRATION, HOLD_BEFORE_STORE
 
 TIMEOUT = 240
 
@@ -67,7 +68,7 @@ def test_kill_during_registration_leaves_no_half_version_and_the_run_is_failed_l
     process = _train(inputs, store, "soc-kill", **{HOLD_BEFORE_REGISTRATION: str(marker)})
     try:
         deadline = time.monotonic() + TIMEOUT
-        while not marker.exists():
+        while not list(tmp_path.glob("holding.*")):
             assert process.poll() is None, process.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "train never reached registration"
             time.sleep(0.2)
@@ -118,3 +119,36 @@ def test_runs_of_live_processes_are_left_running(tmp_path, monkeypatch):
     status = {r.info.run_id: r.info.status for r in client.search_runs([experiment])}
     assert status[live.info.run_id] == status[foreign.info.run_id] == status[untagged.info.run_id] == "RUNNING"
     assert status[dead.info.run_id] == status[reused.info.run_id] == "FAILED"
+
+
+def test_concurrent_first_trains_on_a_fresh_store(inputs, tmp_path):
+    """Two first-time trains of one model name released onto a fresh SQLite store at the same
+    moment (without the store lock, one dies with an alembic 'duplicate column' traceback; the
+    registered model and its version numbers are created concurrently too)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    gate = tmp_path / "go"
+    processes = [_train(inputs, store, name, **{HOLD_BEFORE_STORE: str(gate)})
+                 for name in ("soc-a", "soc-a")]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(list(tmp_path.glob("go.*"))) < len(processes):
+            for process in processes:
+                assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the trains never reached the store"
+            time.sleep(0.2)
+        assert not (store / "mlflow.db").exists()  # nobody has opened the store yet
+        gate.touch()
+        results = [process.communicate(timeout=TIMEOUT) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, (out, err) in zip(processes, results):
+        assert process.returncode == 0, err[-3000:]
+        assert "Traceback" not in err
+    uris = sorted(out.strip().splitlines()[-1] for out, _ in results)
+    assert uris == ["models:/soc-a/1", "models:/soc-a/2"]
+    versions = _client(store).search_model_versions("name='soc-a'")
+    assert len(versions) == 2 and all("cv_rmse" in v.tags for v in versions)

@@ -26,18 +26,22 @@ import numpy as np
 from soilcarbon.registry import configure, tracking_uri
 
 EXPERIMENT = "soilcarbon"
-#: Tests only: when this environment variable names a file, ``log_training`` writes its pid there
-#: after the model is logged and just before the version is registered, then sleeps
-#: (``<VARIABLE>_SECONDS``, default 60), so a test can kill the process exactly there.
+#: Tests only (:func:`_test_point`): hold ``log_training`` after the model is logged, just before
+#: the version is registered, so a test can kill the process exactly there.
 HOLD_BEFORE_REGISTRATION = "SOILCARBON_TEST_HOLD_BEFORE_REGISTRATION"
+#: Tests only: hold ``log_training`` before it opens the store, so that several processes can be
+#: released at once onto a fresh store.
+HOLD_BEFORE_STORE = "SOILCARBON_TEST_HOLD_BEFORE_STORE"
 PACKAGE = "soilcarbon"
 #: Provided by MLflow itself: ``log_model`` adds ``mlflow==<version in use>`` to the requirements.
 MLFLOW_DISTRIBUTIONS = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
 
 
 def ensure_experiment(name: str = EXPERIMENT) -> str:
-    """The experiment id, creating it with artifacts beside a local SQLite database."""
+    """The experiment id, creating it with artifacts beside a local SQLite database (another
+    process creating it at the same moment is fine)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
@@ -46,7 +50,13 @@ def ensure_experiment(name: str = EXPERIMENT) -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def data_digest(ids, X, y) -> str:
@@ -195,6 +205,7 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
 
     from soilcarbon import registry
 
+    _test_point(HOLD_BEFORE_STORE)
     client = configure()
     experiment_id = ensure_experiment()
     registry.fail_dead_runs(client, experiment_id)
@@ -238,19 +249,24 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
             f"SOC calibration for {data.target} ({result.selection.name[:200]}); "
             f"CV RMSE {result.metrics['rmse']:.4g}, PICP {result.metrics.get('picp', float('nan')):.3f} "
             f"at level {model.level:g} ({result.cv_scheme}); run {run.info.run_id}")
-        _test_hold(HOLD_BEFORE_REGISTRATION)
+        _test_point(HOLD_BEFORE_REGISTRATION)
         model_version = registry.register(client, name, info, run.info.run_id, tags, description)
     return f"models:/{name}/{model_version}"
 
 
-def _test_hold(variable: str) -> None:
-    """A deterministic point for tests that kill a run (see :data:`HOLD_BEFORE_REGISTRATION`)."""
-    marker = os.environ.get(variable)
-    if marker:
-        import time
+def _test_point(variable: str) -> None:
+    """A deterministic point for tests that kill or race ``train`` processes: when the environment
+    variable ``variable`` names a file FILE, write ``FILE.<pid>`` and wait until FILE exists (at
+    most 120 s). See :data:`HOLD_BEFORE_REGISTRATION` and :data:`HOLD_BEFORE_STORE`."""
+    target = os.environ.get(variable)
+    if not target:
+        return
+    import time
 
-        Path(marker).write_text(str(os.getpid()))
-        time.sleep(float(os.environ.get(f"{variable}_SECONDS", "60")))
+    Path(f"{target}.{os.getpid()}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not Path(target).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _log_model(model, data):
