@@ -53,7 +53,7 @@ def serving_store(tmp_path_factory) -> dict:
         nir = train_spectral_model(folder, "soc-nir", n=200, config=NIR_CONFIG)
         cov = train_covariate_model(folder, "soc-cov", n=150)
         mir = _train_mir(folder)
-    from soilcarbon.training.tracking import promote
+    from soilcarbon.registry import promote
 
     promote("soc-nir", "1", "champion")
     info = {"folder": str(folder), "tracking_uri": use_tracking(folder), "nir": nir, "cov": cov, "mir": mir}

@@ -45,7 +45,7 @@ def _cli(*args) -> tuple[int, str, str]:
 def store(tmp_path_factory, shared_data):
     from threadpoolctl import threadpool_limits
 
-    from soilcarbon.training.tracking import promote
+    from soilcarbon.registry import promote
 
     folder = tmp_path_factory.mktemp("compare-store")
     before = os.environ.get("MLFLOW_TRACKING_URI")

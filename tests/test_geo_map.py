@@ -50,7 +50,9 @@ def model_uri(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(model_uri):
-    return mapping.load_covariate_model(model_uri)
+    model, resolved = mapping.load_covariate_model(model_uri)
+    assert resolved == model_uri
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,21 @@ def test_map_matches_predict_matrix(run_cli, model_uri, model, stack, tmp_path):
     assert (data[1][valid] <= data[0][valid]).all() and (data[0][valid] <= data[2][valid]).all()
     assert f"{W * H - 2} predicted, 2 nodata" in err and "1 process)" in err
     assert [p.name for p in tmp_path.iterdir()] == ["soc.tif"]
+
+
+def test_map_by_alias_records_the_resolved_version(capsys, model_uri, stack, tmp_path):
+    from soilcarbon.registry import promote
+
+    folder, _ = stack
+    name, version = model_uri[len("models:/"):].split("/")
+    promote(name, version, "mapping")
+    output = tmp_path / "soc.tif"
+    code, _, err = cli_in_process(capsys, "map", "--model", f"models:/{name}@mapping", "--rasters",
+                                  folder / "terrain.tif", folder / "ndvi.tif", "--output", output,
+                                  "--block-size", "16", "-q")
+    assert code == 0, err
+    with rasterio.open(output) as ds:
+        assert ds.tags()["model"] == model_uri  # models:/NAME/VERSION, never the alias
 
 
 def test_worker_processes_give_the_same_map(model, stack, tmp_path):

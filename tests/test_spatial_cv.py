@@ -78,7 +78,7 @@ def test_spatial_cv_from_the_cli(run_cli, tracking, tmp_path):
         block=lambda f: np.floor(f["x"] / BLOCK) * 100 + np.floor(f["y"] / BLOCK)).groupby("fold")["block"].nunique()
     assert per_fold.sum() == CELLS * CELLS and per_fold.min() >= 10  # blocks spread over the folds
     # the coordinates are not covariates of the model
-    from soilcarbon.training.tracking import list_models
+    from soilcarbon.registry import list_models
 
     row = next(r for r in list_models() if r["name"] == "soc-spatial")
     assert row["cv_scheme"] == "spatial blocks of 1000 m, 3 folds"

@@ -348,7 +348,7 @@ def test_models_page(browser, server, store, tmp_path):
     """Versions, aliases, target, unit and CV metrics from the registry, and the training plots."""
     from selenium.webdriver.common.by import By
 
-    from soilcarbon.training.tracking import list_models
+    from soilcarbon.registry import list_models
 
     registered = {(r["name"], r["version"]): r for r in list_models()}
     open_page(browser, server + "/models")

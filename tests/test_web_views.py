@@ -167,7 +167,7 @@ def test_compare_logged_and_on_test_data_equal_the_cli(browser, server, versions
 
 def test_compare_error_is_a_readable_message(browser, server, versions, tmp_path):  # noqa: F811
     """The same version twice (by alias and by number) is refused with a 422 message."""
-    from soilcarbon.training.tracking import promote
+    from soilcarbon.registry import promote
 
     promote("soc-web-cmp", "2", "latest-good")
     open_page(browser, server + "/compare")

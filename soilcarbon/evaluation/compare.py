@@ -1,8 +1,8 @@
 """Compare registered model versions: what each one logged, and their accuracy on the same test samples.
 
-- Every URI is resolved with :func:`~soilcarbon.serving.predict.resolve_model_uri` (an alias becomes
+- Every URI is resolved with :func:`~soilcarbon.registry.resolve` (an alias becomes
   ``models:/NAME/VERSION``); what training recorded on a version is read with
-  :func:`~soilcarbon.training.tracking.version_summary` and the run's parameters (the configuration).
+  :func:`~soilcarbon.training.registry.version_summary` and the run's parameters (the configuration).
 - Without test data, versions are compared by what they logged; versions trained on different data
   (digest) or with different CV schemes are flagged: their CV metrics are not directly comparable.
 - Test data are read and joined exactly like ``train`` does
@@ -54,7 +54,7 @@ class Version:
     uri: str
     name: str
     version: str
-    logged: dict  # tracking.version_summary
+    logged: dict  # registry.version_summary
     config: dict  # run parameters describing the training configuration
 
     @property
@@ -70,8 +70,8 @@ def resolve_versions(uris: list[str], client=None) -> list[Version]:
     """
     from mlflow.exceptions import MlflowException
 
-    from soilcarbon.serving.predict import resolve_model_uri
-    from soilcarbon.training.tracking import configure, version_summary
+    from soilcarbon.registry import resolve as resolve_model_uri
+    from soilcarbon.registry import configure, version_summary
 
     if len(uris) < 2:
         raise SoilCarbonError(f"compare needs at least two model URIs, got {len(uris)}; "

@@ -132,12 +132,12 @@ def map_command(
     paths = _rasters(rasters, more, raster_dir)
     _check_output(output, "tif")
     mapping.check_grid(paths, resampling)  # cheap checks before loading the model
-    model = mapping.load_covariate_model(model_uri)
+    model, resolved_uri = mapping.load_covariate_model(model_uri)
     plan = mapping.plan_stack(paths, model.layout.covariates, resampling, index_names, band_roles,
                               model_name=f"model {model_uri}")
     with Progress(quiet, "mapping") as progress:
         report = mapping.make_map(model, plan, output, level, block_size, jobs, progress,
-                                  tags={"model": model_uri, "unit": model.info.get("target_unit", "")})
+                                  tags={"model": resolved_uri, "unit": model.info.get("target_unit", "")})
     console = Console(stderr=True, quiet=quiet)
     if report.unused:
         console.print(f"note: bands not used by the model: {', '.join(report.unused[:12])}", highlight=False,

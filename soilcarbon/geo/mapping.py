@@ -41,21 +41,15 @@ RESAMPLING = ("nearest", "bilinear")
 
 
 def load_covariate_model(uri: str):
-    """The :class:`SOCModel` behind an MLflow model URI; refuses models that need spectra."""
-    import mlflow
+    """``(SOCModel, resolved URI models:/NAME/VERSION)`` behind an MLflow model URI; refuses models
+    that need spectra."""
     from mlflow.exceptions import MlflowException
 
-    from soilcarbon.training.tracking import configure
+    from soilcarbon import registry
 
-    configure()
+    found = registry.load(uri)
     try:
-        loaded = mlflow.pyfunc.load_model(uri)
-    except (MlflowException, OSError) as exc:
-        raise SoilCarbonError(
-            f"model {uri!r} cannot be loaded ({' '.join(str(exc).split())[:160]}); see `soilcarbon models list`"
-        ) from exc
-    try:
-        model = loaded.unwrap_python_model().model
+        model = found.pyfunc.unwrap_python_model().model
     except (AttributeError, MlflowException) as exc:
         raise SoilCarbonError(f"model {uri!r} is not a soilcarbon model") from exc
     if model.layout.n_spectral:
@@ -65,7 +59,7 @@ def load_covariate_model(uri: str):
         )
     if not model.layout.covariates:
         raise SoilCarbonError(f"model {uri!r} has no covariates to read from rasters")
-    return model
+    return model, found.uri
 
 
 @dataclass

@@ -43,6 +43,8 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1000
 API_KEY_ENV = "SOILCARBON_API_KEY"
 OPEN_PATHS = ("/healthz", *web.OPEN_PATHS)  # the web page shells and assets hold no data
+SWAGGER_UI = Path(__file__).with_name("static") / "swagger-ui"
+DOCS_ASSETS = "/docs-assets"
 
 
 # ============================================================================ request / response models
@@ -183,6 +185,41 @@ def _validation_message(errors) -> tuple[int, str]:
     return 422, "; ".join(parts) + more
 
 
+#: At most this many validation errors are itemized in a 422's ``detail`` (all are counted).
+MAX_DETAIL = 20
+
+
+def _validation_detail(errors) -> list[dict]:
+    """Where and why, never what: pydantic's errors without ``input`` (and ``ctx``/``url``), so a bad
+    body of any size gets a small answer that does not echo the data back."""
+    detail = [{"loc": [str(p) for p in error.get("loc", ())], "msg": str(error.get("msg", "invalid"))[:200],
+               "type": str(error.get("type", ""))} for error in errors[:MAX_DETAIL]]
+    if len(errors) > MAX_DETAIL:
+        detail.append({"loc": [], "msg": f"{len(errors) - MAX_DETAIL} more errors not listed", "type": "truncated"})
+    return detail
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI served from this package (``static/swagger-ui``, vendored from the npm
+    package ``swagger-ui-dist``), so the page works without internet access."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_UI), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + app.openapi_url, title="soilcarbon - API docs",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+            oauth2_redirect_url=None,
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
+        )
+
+
 def _predictions(model: ServedModel, frame: pd.DataFrame) -> dict:
     columns = {c: frame[c].to_numpy() for c in ("prediction", "lower", "upper", "level", "domain_score")}
     in_domain = frame["in_domain"].to_numpy()
@@ -243,16 +280,19 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
         title="soilcarbon",
         summary="Soil organic carbon from spectra, with prediction intervals and domain flags.",
         version="1",
+        docs_url=None,  # /docs below, with Swagger UI from the package instead of a CDN
+        redoc_url=None,
     )
+    _offline_docs(app)
     app.state.soilcarbon = state
     app.state.limits = {"max_body_bytes": max_body_bytes, "max_batch": max_batch}
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
-        status, message = _validation_message(exc.errors())
-        detail = json.loads(json.dumps(exc.errors(), default=str))
-        return _error(status, message, detail=detail)
+        errors = exc.errors()
+        status, message = _validation_message(errors)
+        return _error(status, message, detail=_validation_detail(errors))
 
     @app.exception_handler(SoilCarbonError)
     async def on_user_error(request: Request, exc: SoilCarbonError):
@@ -329,7 +369,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
 
     @app.get("/v1/models", summary="Registered models, versions, aliases and cross-validated metrics")
     def models():
-        from soilcarbon.training.tracking import list_models
+        from soilcarbon.registry import list_models
 
         try:
             registered = list_models()
@@ -361,9 +401,9 @@ class _Unsupported(Exception):
 
 
 def _resolves_elsewhere(model: ServedModel) -> bool:
-    from soilcarbon.serving.predict import resolve_model_uri
+    from soilcarbon.registry import resolve
 
-    resolved, _, _ = resolve_model_uri(model.requested_uri)
+    resolved, _, _ = resolve(model.requested_uri)
     return resolved != model.uri
 
 

@@ -1,8 +1,8 @@
 """Batch prediction: load a model by any MLflow URI, align spectra to its axis, stream large tables.
 
-- The model is loaded with ``mlflow.pyfunc.load_model``; a registry alias (``models:/NAME@champion``)
-  or ``latest`` is first resolved through the ``MlflowClient`` to the concrete version
-  (``models:/NAME/3``), and that URI is what every output row names.
+- The model is loaded through :mod:`soilcarbon.registry`: a registry alias (``models:/NAME@champion``)
+  or ``latest`` is first resolved to the concrete version (``models:/NAME/3``), and that URI is
+  what every output row names.
 - Input spectra are brought onto the model's training axis from the metadata the model carries
   (``soilcarbon.axis/unit/covariates``): used as they are when the axes match, otherwise re-gridded
   with :meth:`Spectra.align` (linear interpolation, nm <-> cm-1 conversion), or refused with one
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import os
-import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -155,74 +154,14 @@ def check_level(level) -> float:
     return checked_level(level)
 
 
-def resolve_model_uri(uri: str, client=None) -> tuple[str, str | None, str | None]:
-    """``(concrete URI, registered name, version)`` for a model URI.
-
-    ``models:/NAME@ALIAS`` and ``models:/NAME/latest`` become ``models:/NAME/VERSION``;
-    ``models:/NAME/VERSION`` is checked to exist. Other URIs (``runs:/``, logged models
-    ``models:/m-<id>``, paths) are returned unchanged with no name or version.
-    """
-    from mlflow.exceptions import MlflowException
-
-    text = str(uri).strip()
-    if not text:
-        raise SoilCarbonError("no model URI given; pass --model models:/NAME@ALIAS, models:/NAME/VERSION or runs:/...")
-    if not text.startswith("models:/"):
-        return text, None, None
-    if client is None:
-        from soilcarbon.training.tracking import configure
-
-        client = configure()
-    body = text[len("models:/"):].strip("/")
-    if body.startswith("m-") and "/" not in body and "@" not in body:
-        return text, None, None  # an MLflow 3 logged model (models:/<model_id>), not a registered name
-    try:
-        if "@" in body:
-            name, alias = body.rsplit("@", 1)
-            if not name or not alias:
-                raise SoilCarbonError(f"model URI {text!r} is malformed; use models:/NAME@ALIAS")
-            version = str(client.get_model_version_by_alias(name, alias).version)
-        else:
-            if "/" not in body:
-                raise SoilCarbonError(f"model URI {text!r} has no version or alias; use models:/NAME/VERSION "
-                                      "or models:/NAME@ALIAS")
-            name, ref = body.rsplit("/", 1)
-            if ref.isdigit():
-                version = str(client.get_model_version(name, ref).version)
-            elif ref.lower() == "latest":
-                versions = client.search_model_versions(f"name='{name}'")
-                if not versions:
-                    raise SoilCarbonError(f"model {name!r} has no versions; see `soilcarbon models list`")
-                version = str(max(int(v.version) for v in versions))
-            else:
-                raise SoilCarbonError(f"model URI {text!r}: {ref!r} is neither a version number nor 'latest'; "
-                                      "use models:/NAME/VERSION or models:/NAME@ALIAS")
-    except MlflowException as exc:
-        message = " ".join(str(exc.message if hasattr(exc, "message") else exc).split())
-        raise SoilCarbonError(f"model {text!r} not found in the registry ({message[:200]}); "
-                              "see `soilcarbon models list`") from exc
-    return f"models:/{name}/{version}", name, version
-
-
 def load_model(uri: str) -> ServedModel:
-    """Resolve ``uri`` and load the pyfunc model with its soilcarbon metadata."""
-    from soilcarbon.training.tracking import configure
-
-    client = configure()
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
+    """Resolve ``uri`` and load the pyfunc model (:func:`soilcarbon.registry.load`) with its
+    soilcarbon metadata."""
+    from soilcarbon import registry
     from soilcarbon.models.pyfunc import METADATA_KEY
-    resolved, name, version = resolve_model_uri(uri, client)
-    try:
-        loaded = mlflow.pyfunc.load_model(resolved)
-    except (pickle.UnpicklingError, EOFError) as exc:  # a truncated or damaged python_model.pkl
-        raise SoilCarbonError(f"cannot load model {uri!r}: its python_model.pkl is damaged ({exc}); restore the "
-                              "artifacts or train the model again") from exc
-    except (MlflowException, OSError, ValueError) as exc:
-        message = " ".join(str(getattr(exc, "message", exc)).split())
-        raise SoilCarbonError(f"cannot load model {uri!r} ({message[:200]}); check the URI and the tracking "
-                              "server (MLFLOW_TRACKING_URI)") from exc
+
+    found = registry.load(uri)
+    loaded, resolved, name, version = found.pyfunc, found.uri, found.name, found.version
     meta = (loaded.metadata.metadata or {}).get(METADATA_KEY)
     if not isinstance(meta, dict):
         raise SoilCarbonError(f"model {uri!r} is not a soilcarbon model (no {METADATA_KEY!r} metadata); "

@@ -85,7 +85,7 @@ def train_command(
     if coord_cols and cv_scheme not in (None, "spatial"):
         raise SoilCarbonError(f"--coords is for --cv spatial; drop it or use --cv spatial (got --cv {cv_scheme})")
     from soilcarbon.atomic import check_folder, check_output
-    from soilcarbon.training.tracking import local_store_folder
+    from soilcarbon.registry import local_store_folder
 
     if oof_output is not None:
         check_output(oof_output, ("csv",))
@@ -130,7 +130,7 @@ def train_command(
 @models_app.command("list")
 def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Registered models, versions, aliases and cross-validated metrics."""
-    from soilcarbon.training.tracking import list_models
+    from soilcarbon.registry import list_models
 
     rows = list_models()
     if as_json:
@@ -149,7 +149,7 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.
 @models_app.command("promote")
 def promote_command(name: str, version: str, alias: str = typer.Option("champion", "--alias")):
     """Point an alias (default: champion) at a model version."""
-    from soilcarbon.training.tracking import promote
+    from soilcarbon.registry import promote
 
     promote(name, version, alias)
     typer.echo(f"models:/{name}@{alias} -> version {version}")

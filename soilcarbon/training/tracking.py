@@ -1,9 +1,14 @@
-"""MLflow tracking and registry: where runs go, what a training run logs, how a model is registered.
+"""MLflow tracking: what a training run logs and how its model is registered (the store, URI
+resolution, listing and promotion are in :mod:`soilcarbon.registry`).
 
-Tracking URI: ``MLFLOW_TRACKING_URI`` when set, else a SQLite file ``mlflow.db`` in the working
-directory (artifacts in ``mlartifacts/`` beside it). A run logs the configuration, the data
+A run logs the configuration, the data
 digest, per-fold and summary metrics, the candidate table, plots and the pyfunc model, and
 registers the model version with tags for target, unit and training data.
+
+Registration is all-or-nothing for anyone reading the registry: the model is logged first, then
+the version is created with its tags and description in one call (one database transaction), so
+no version is ever visible without its CV metrics. A run whose process died (SIGKILL, power loss)
+is left RUNNING by MLflow; the next ``train`` marks it FAILED (:func:`soilcarbon.registry.fail_dead_runs`).
 """
 
 from __future__ import annotations
@@ -14,55 +19,30 @@ import io
 import json
 import os
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.registry import configure, tracking_uri
 
 EXPERIMENT = "soilcarbon"
-REQUIREMENTS = ("numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "lightgbm", "mlflow", "chemotools")
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` or the embedded default, a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def local_store_folder() -> Path | None:
-    """The folder of a local SQLite tracking store (database and artifacts), or None for a server."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).parent
-    return None
-
-
-def quiet_mlflow() -> None:
-    """Keep MLflow's info logs and advisory warnings off the user's terminal."""
-    import logging
-    import warnings
-
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="mlflow")
-
-
-def configure():
-    """Point MLflow at the tracking URI (also the registry) and return the client."""
-    import mlflow
-
-    quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(uri, uri)
+#: Tests only (:func:`_test_point`): hold ``log_training`` after the model is logged, just before
+#: the version is registered, so a test can kill the process exactly there.
+HOLD_BEFORE_REGISTRATION = "SOILCARBON_TEST_HOLD_BEFORE_REGISTRATION"
+#: Tests only: hold ``log_training`` before it opens the store, so that several processes can be
+#: released at once onto a fresh store.
+HOLD_BEFORE_STORE = "SOILCARBON_TEST_HOLD_BEFORE_STORE"
+PACKAGE = "soilcarbon"
+#: Provided by MLflow itself: ``log_model`` adds ``mlflow==<version in use>`` to the requirements.
+MLFLOW_DISTRIBUTIONS = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
 
 
 def ensure_experiment(name: str = EXPERIMENT) -> str:
-    """The experiment id, creating it with artifacts beside a local SQLite database."""
+    """The experiment id, creating it with artifacts beside a local SQLite database (another
+    process creating it at the same moment is fine)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
@@ -71,7 +51,13 @@ def ensure_experiment(name: str = EXPERIMENT) -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def data_digest(ids, X, y) -> str:
@@ -83,14 +69,123 @@ def data_digest(ids, X, y) -> str:
     return h.hexdigest()[:16]
 
 
-def _requirements() -> list[str]:
-    out = []
-    for name in REQUIREMENTS:
+def model_requirements(python_model) -> list[str]:
+    """Pinned pip requirements (``name==version in use``) of everything ``python_model`` needs to load
+    and predict, derived rather than listed by hand.
+
+    1. The modules the pickled model refers to (read back through an :class:`pickle.Unpickler` that
+       records every ``find_class``: the pickle MLflow writes holds exactly these references).
+    2. For our own modules among them, every third-party import in their source, module level or
+       inside functions (``ast``), following imports of our other modules; this is how ``numba``
+       (imported by the compiled local PLS) or ``lightgbm`` is found.
+    3. Their distributions (``importlib.metadata.packages_distributions``) and, recursively, what
+       those declare in ``Requires-Dist`` for this platform (no extras), so that the versions of
+       transitive dependencies (``llvmlite``, ``joblib``, ...) are the ones in use, too.
+
+    The package itself is not listed: it travels with the model as code (``code_paths``). MLflow
+    adds ``mlflow`` itself; its own dependencies are left to pip.
+    """
+    import importlib.metadata as metadata
+    import pickle
+    import sys
+
+    import cloudpickle
+
+    class Recorder(pickle.Unpickler):
+        def __init__(self, data: bytes):
+            super().__init__(io.BytesIO(data))
+            self.modules = set()
+
+        def find_class(self, module, name):
+            self.modules.add(module)
+            return super().find_class(module, name)
+
+    recorder = Recorder(cloudpickle.dumps(python_model))
+    recorder.load()
+    tops = {m.split(".")[0] for m in recorder.modules if m.split(".")[0] != PACKAGE}
+    tops |= _source_imports({m for m in recorder.modules if m.split(".")[0] == PACKAGE})
+    tops -= set(sys.stdlib_module_names) | {"builtins", "__main__"}
+    by_module = metadata.packages_distributions()
+    wanted = {dist for top in tops for dist in by_module.get(top, [])}
+    return sorted(f"{dist}=={metadata.version(dist)}" for dist in _with_dependencies(wanted)
+                  if _canonical(dist) not in MLFLOW_DISTRIBUTIONS | {PACKAGE})
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _source_imports(modules: set[str]) -> set[str]:
+    """Top-level names of the non-package modules imported anywhere in the source of ``modules``
+    (our own), following imports of our other modules."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+
+    def source(name: str) -> Path | None:
+        base = root.joinpath(*name.split(".")[1:])
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
+        return None
+
+    seen, todo, found = set(), list(modules), set()
+    while todo:
+        name = todo.pop()
+        path = source(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for imported in names:
+                if imported.split(".")[0] == PACKAGE:
+                    todo.append(imported)
+                else:
+                    found.add(imported.split(".")[0])
+    return found
+
+
+def _with_dependencies(distributions: set[str]) -> set[str]:
+    """``distributions`` and, recursively, the installed distributions they require (no extras)."""
+    import importlib.metadata as metadata
+
+    from packaging.requirements import Requirement
+
+    out, todo = {}, list(distributions)
+    while todo:
+        dist = todo.pop()
+        key = _canonical(dist)
+        if key in out or key in MLFLOW_DISTRIBUTIONS:
+            continue
         try:
-            out.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            out.append(name)
-    return out
+            out[key] = metadata.distribution(dist).metadata["Name"]
+            requires = metadata.requires(dist) or []
+        except metadata.PackageNotFoundError:
+            out.pop(key, None)
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return set(out.values())
+
+
+def package_code(folder: Path) -> Path:
+    """A copy of this package's source (no caches) in ``folder``, for ``code_paths``."""
+    import shutil
+
+    source = Path(__file__).resolve().parents[1]
+    target = Path(folder) / PACKAGE
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
 
 
 def _flatten(prefix: str, value, out: dict) -> dict:
@@ -109,12 +204,17 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
 
     from soilcarbon.training import plots
 
-    configure()
+    from soilcarbon import registry
+
+    _test_point(HOLD_BEFORE_STORE)
+    client = configure()
     experiment_id = ensure_experiment()
+    registry.fail_dead_runs(client, experiment_id)
     data = result.data
     digest = data_digest(data.ids, data.X, data.y)
     result.model.info["target_unit"] = target_unit
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{name}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{name}",
+                          tags=registry.process_tags()) as run:
         params = _flatten("", result.config.to_dict(), {})
         params.update({"target": data.target, "n_samples": len(data.y), "n_dropped": data.n_dropped,
                        "n_points": data.layout.n_spectral, "covariates": len(data.layout.covariates),
@@ -150,88 +250,59 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
 
 
 def register_version(model, name: str, X, ids, tags: dict, description: str) -> str:
-    """Log ``model`` as the pyfunc of the active run, register it as a new version of ``name`` with
-    ``tags`` and ``description``, and return ``models:/NAME/VERSION``.
+    """Log ``model`` as the pyfunc of the active run and register it as a new version of ``name``
+    with ``tags`` and ``description`` (all-or-nothing, :func:`soilcarbon.registry.register`);
+    returns ``models:/NAME/VERSION``.
 
     The one way every command (``train``, ``transfer``) turns a fitted model into a registered
     version; ``X``/``ids`` are model-matrix rows and ids for the logged input example.
     """
+    import mlflow
+
+    from soilcarbon import registry
+
     client = configure()
-    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registration chatter to stderr
-        info = _log_model(model, X, ids, name)
-    model_version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, model_version, key, str(value))
-    client.update_model_version(name, model_version, description=description)
-    return f"models:/{name}/{model_version}"
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints logging chatter to stderr
+        info = _log_model(model, X, ids)
+    _test_point(HOLD_BEFORE_REGISTRATION)
+    version = registry.register(client, name, info, mlflow.active_run().info.run_id, tags, description)
+    return f"models:/{name}/{version}"
 
 
-def _log_model(model, X, ids, name: str):
+def _test_point(variable: str) -> None:
+    """A deterministic point for tests that kill or race ``train`` processes: when the environment
+    variable ``variable`` names a file FILE, write ``FILE.<pid>`` and wait until FILE exists (at
+    most 120 s). See :data:`HOLD_BEFORE_REGISTRATION` and :data:`HOLD_BEFORE_STORE`."""
+    target = os.environ.get(variable)
+    if not target:
+        return
+    import time
+
+    Path(f"{target}.{os.getpid()}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not Path(target).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _log_model(model, X, ids):
+    """Log the pyfunc with this package's code and its pinned requirements, so that the model
+    loads and predicts where soilcarbon is not installed (``mlflow models serve``, a Spark worker,
+    a notebook): MLflow puts ``code/`` on ``sys.path`` before unpickling."""
     import mlflow
 
     from soilcarbon.models import pyfunc
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=pyfunc.SOCPyfunc(model),
-        signature=pyfunc.signature(model),
-        input_example=pyfunc.input_example(model, X, ids),
-        metadata=pyfunc.metadata(model),
-        pip_requirements=_requirements(),
-        registered_model_name=name,
-    )
-
-
-def version_summary(mv, aliases=()) -> dict:
-    """What training recorded on a registered model version (its tags): target, unit, CV scheme and
-    metrics, training data digest and size, the selected model, and the run behind it."""
-    tags = dict(mv.tags or {})
-    n_train = tags.get("n_train", "")
-    return {
-        "name": mv.name, "version": int(mv.version), "aliases": list(aliases),
-        "target": tags.get("target", ""), "unit": tags.get("unit", ""),
-        "cv_scheme": tags.get("cv_scheme", ""), "run_id": mv.run_id,
-        "metrics": {k[3:]: float(v) for k, v in tags.items() if k.startswith("cv_") and k != "cv_scheme"},
-        "created": int(mv.creation_timestamp or 0),
-        "data_digest": tags.get("data_digest", ""), "n_train": int(n_train) if n_train.isdigit() else None,
-        "training_data": tags.get("training_data", ""), "selected_model": tags.get("selected_model", ""),
-        "model_id": getattr(mv, "model_id", None) or _logged_model_id(mv.source),
-    }
-
-
-def _logged_model_id(source) -> str | None:
-    """The MLflow 3 logged-model id in a version's source ``models:/m-<id>``, else None."""
-    text = str(source or "")
-    return text[len("models:/"):] if text.startswith("models:/m-") and "/" not in text[len("models:/"):] else None
-
-
-def list_models() -> list[dict]:
-    """Registered models with their versions, aliases and CV metrics (from version tags)."""
-    client = configure()
-    out = []
-    for registered in client.search_registered_models():
-        aliases = {}
-        for alias, ver in (registered.aliases or {}).items():
-            aliases.setdefault(str(ver), []).append(alias)
-        versions = client.search_model_versions(f"name='{registered.name}'")
-        for mv in sorted(versions, key=lambda v: int(v.version)):
-            out.append(version_summary(mv, aliases.get(str(mv.version), [])))
-    return out
-
-
-def promote(name: str, version: str, alias: str = "champion") -> None:
-    """Point ``alias`` at a model version (``models:/NAME@ALIAS``)."""
-    from mlflow.exceptions import MlflowException
-
-    client = configure()
-    try:
-        client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        raise SoilCarbonError(f"model {name!r} has no version {version}; see `soilcarbon models list`") from exc
-    try:
-        client.set_registered_model_alias(name, alias, str(version))
-    except MlflowException as exc:  # reserved ('latest', 'v1') or invalid alias names
-        raise SoilCarbonError(f"--alias {alias!r}: {exc.message}") from exc
+    python_model = pyfunc.SOCPyfunc(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            signature=pyfunc.signature(model),
+            input_example=pyfunc.input_example(model, X, ids),
+            metadata=pyfunc.metadata(model),
+            pip_requirements=model_requirements(python_model),
+            code_paths=[str(package_code(Path(tmp)))],
+        )
 
 
 def model_version_info(uri: str) -> dict:
@@ -243,10 +314,10 @@ def model_version_info(uri: str) -> dict:
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from soilcarbon.serving.predict import resolve_model_uri
+    from soilcarbon.registry import resolve
 
     client = configure()
-    resolved, name, version = resolve_model_uri(uri, client)
+    resolved, name, version = resolve(uri, client)
     if name is None:
         raise SoilCarbonError(f"model {uri!r} is not a registered model version (models:/NAME/VERSION); its "
                               "target unit and out-of-fold residuals are read from the registry")

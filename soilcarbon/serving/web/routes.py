@@ -216,7 +216,7 @@ def install_routes(app, needs_key: bool) -> None:
 
     @router.get("/web/fragments/model-options", response_class=HTMLResponse)
     def model_options():
-        from soilcarbon.training.tracking import list_models
+        from soilcarbon.registry import list_models
 
         registered = read_registry(list_models)
         served = served_state["model"]
@@ -228,7 +228,7 @@ def install_routes(app, needs_key: bool) -> None:
 
     @router.get("/web/fragments/models", response_class=HTMLResponse)
     def models_table():
-        from soilcarbon.training.tracking import list_models
+        from soilcarbon.registry import list_models
 
         registered = read_registry(list_models)
         by_name: dict[str, list[dict]] = collections.defaultdict(list)
@@ -268,7 +268,8 @@ def install_routes(app, needs_key: bool) -> None:
     @router.post("/web/predict", response_class=HTMLResponse)
     def predict(model: str = Form(...), files: list[UploadFile] = File(default=[]), level: str = Form(""),
                 job: str = Form("")):
-        from soilcarbon.serving.predict import predict_file, resolve_model_uri
+        from soilcarbon.registry import resolve as resolve_model_uri
+        from soilcarbon.serving.predict import predict_file
 
         state = jobs.start(job)
         try:

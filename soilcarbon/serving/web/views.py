@@ -141,7 +141,7 @@ def install_views(router, html, cache, limits, jobs) -> None:
     @router.get("/web/fragments/version-choices", response_class=HTMLResponse)
     def version_choices():
         from soilcarbon.serving.web.routes import model_choices, read_registry
-        from soilcarbon.training.tracking import list_models
+        from soilcarbon.registry import list_models
 
         return html("_version_choices.html", options=model_choices(read_registry(list_models), ""))
 
