@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from trained_model import nirsoil_spectra
 
-from soilcarbon.models.ensemble import WeightedEnsemble
+from soilcarbon.models.ensemble import weighted_ensemble
 from soilcarbon.spectral.pipeline import shared_preprocessing
 from soilcarbon.spectral.preprocessing import build_preprocessing
 from soilcarbon.training.candidates import build_candidate
@@ -90,7 +90,7 @@ def test_stacked_model_predicts_the_same_with_shared_preprocessing(spectra):
         CandidateSpec("pls", {"n_components": 8}, "none", preprocessing=STEPS + [{"name": "snv"}]),
         CandidateSpec("lightgbm", {"n_pls": 6, "n_estimators": 50}, "sqrt"),
     ]
-    stack = WeightedEnsemble([build_candidate(spec, model.layout, STEPS) for spec in members], [0.5, 0.3, 0.2])
+    stack = weighted_ensemble([build_candidate(spec, model.layout, STEPS) for spec in members], [0.5, 0.3, 0.2])
     model = replace(model, regressor=stack.fit(spectra.values, spectra.target("Ciso")))
     X = nirsoil_spectra().values[300:420]
     got = model.predict_matrix(X)

@@ -13,7 +13,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.base import clone
 
-from soilcarbon.models.ensemble import WeightedEnsemble, stacking_weights
+from soilcarbon.models.ensemble import stacking_weights, weighted_ensemble
 from soilcarbon.models.layout import FeatureLayout
 from soilcarbon.training.candidates import build_candidate, transform_allowed
 from soilcarbon.training.config import CandidateSpec, TrainConfig
@@ -48,7 +48,7 @@ class Selection:
         estimators = [build_candidate(m, layout, preprocessing, seed) for m in self.members]
         if len(estimators) == 1:
             return estimators[0]
-        return WeightedEnsemble(estimators, list(map(float, self.weights)))
+        return weighted_ensemble(estimators, self.weights)
 
     def table(self) -> pd.DataFrame:
         rows = [{"candidate": s.spec.name, "model": s.spec.model, "transform": s.spec.transform,
