@@ -134,3 +134,57 @@ def test_pca_domain_with_all_variance_kept_scores_by_hotelling_t2_alone():
     np.testing.assert_allclose(domain.score_samples(X), t2 / domain.t2_limit_, rtol=1e-9)
     one_by_one = np.array([domain.score_samples(X[i:i + 1])[0] for i in range(len(X))])
     np.testing.assert_allclose(one_by_one, domain.score_samples(X), rtol=1e-9)
+
+
+# ------------------------------------------------------------- warnings of the training command
+def test_training_ignores_only_the_known_harmless_warnings():
+    from soilcarbon.training.commands import known_harmless_warnings_ignored
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with known_harmless_warnings_ignored():
+            warnings.warn("MBL k=120 exceeds the 29 reference samples; neighbourhoods are clipped to 29", UserWarning)
+            warnings.warn("X has feature names, but PLS was fitted without feature names", UserWarning)
+            warnings.warn("a parameter will change its default", FutureWarning)
+        warnings.warn("MBL k=120 exceeds the 29 reference samples; neighbourhoods are clipped to 29", UserWarning)
+    assert [str(w.message)[:5] for w in seen] == ["X has", "a par", "MBL k"]
+
+
+WORKERS_SCRIPT = """
+import sys, warnings
+import numpy as np, pandas as pd
+from soilcarbon.models.layout import FeatureLayout
+from soilcarbon.training.commands import known_harmless_warnings_ignored
+from soilcarbon.training.config import CandidateSpec
+from soilcarbon.training.search import evaluate
+
+warnings.simplefilter("always")
+table = pd.read_csv(sys.argv[1]).dropna(subset=["Ciso"]).head(30)
+columns = [c for c in table.columns if c[0].isdigit()][::10]
+X, y = table[columns].to_numpy(), table["Ciso"].to_numpy()
+args = ([CandidateSpec("mbl", {"k": 50, "max_components": 4}, "none")], X, y, np.arange(30) % 3,
+        FeatureLayout(np.array(columns, dtype=float), "nm"), [])
+with known_harmless_warnings_ignored():
+    evaluate(*args, n_jobs=2)
+print("-- control --", file=sys.stderr, flush=True)
+evaluate(*args, n_jobs=2)
+"""
+
+
+def test_the_filter_reaches_the_cross_validation_workers(nirsoil_csv):
+    """Cross-validation fits in worker processes: the known warning (MBL k=50 on 20-sample folds)
+    is ignored there too inside the block, and shows without it (the control)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    done = subprocess.run([sys.executable, "-c", WORKERS_SCRIPT, str(nirsoil_csv)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    inside, control = done.stderr.split("-- control --")
+    assert "MBL k=" not in inside, inside
+    assert control.count("MBL k=50 exceeds the 20 reference samples") == 3, control

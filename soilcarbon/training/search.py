@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from sklearn.utils.parallel import Parallel, delayed  # carries warning filters and config to workers
 from sklearn.base import clone
 
 from soilcarbon.models.ensemble import stacking_weights, weighted_ensemble
