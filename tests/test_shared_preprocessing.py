@@ -103,3 +103,22 @@ def test_stacked_model_predicts_the_same_with_shared_preprocessing(spectra):
     np.testing.assert_allclose(got["upper"], upper, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got["domain_score"], model.domain.score_samples(model.domain_features.transform(X)),
                                rtol=1e-12)
+
+
+def test_the_cache_is_explicit_counts_its_sharing_and_is_not_seen_by_other_threads(spectra):
+    import threading
+
+    X = spectra.values
+    first, second = _fitted(STEPS, spectra), _fitted(STEPS, spectra)
+    seen_elsewhere = []
+    with shared_preprocessing() as cache:
+        a = first.transform(X)
+        with shared_preprocessing() as inner:  # a nested block uses the outer cache
+            b = second.transform(X[:, :])
+        worker = threading.Thread(target=lambda: seen_elsewhere.append(first.transform(X)))
+        worker.start()
+        worker.join()
+    assert inner is cache and b is a and (cache.hits, cache.misses) == (1, 1)
+    assert seen_elsewhere[0] is not a and seen_elsewhere[0].flags.writeable  # computed, not shared
+    with shared_preprocessing() as fresh:
+        assert fresh is not cache and first.transform(X) is not a
