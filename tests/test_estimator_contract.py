@@ -6,8 +6,12 @@ tests."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,11 +178,6 @@ evaluate(*args, n_jobs=2)
 def test_the_filter_reaches_the_cross_validation_workers(nirsoil_csv):
     """Cross-validation fits in worker processes: the known warning (MBL k=50 on 20-sample folds)
     is ignored there too inside the block, and shows without it (the control)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONWARNINGS", None)

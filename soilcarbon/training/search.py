@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.utils.parallel import Parallel, delayed  # carries warning filters and config to workers
 from sklearn.base import clone
+from sklearn.utils.parallel import Parallel, delayed  # carries warning filters and config to workers
 
 from soilcarbon.models.ensemble import stacking_weights, weighted_ensemble
 from soilcarbon.models.layout import FeatureLayout
