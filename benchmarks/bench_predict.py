@@ -15,6 +15,9 @@ points from one Parquet file, against the baseline of only reading the same file
   pipeline, nothing else.
 - ``model only``: the model's own ``predict_matrix`` on the same chunks on one thread, without
   reading, MLflow's input checks or writing: the floor set by the algorithm.
+- ``model only, preprocessing not shared``: the same without the cache of
+  :func:`soilcarbon.spectral.pipeline.shared_preprocessing` (each ensemble member and the domain
+  check compute their own copy of the preprocessing): what the cache saves.
 - ``ours``: the whole command path (read, align, MLflow pyfunc predict, write Parquet atomically),
   with 1 and with ``--workers`` threads, each run in its own process so that its peak resident
   memory (``VmHWM``) is its own; a run on the first tenth of the file shows that the peak does
@@ -43,6 +46,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 NIRSOIL = REPO.parent / "shared" / "data" / "nirsoil" / "nirsoil_train.csv"
 sys.path.insert(0, str(REPO))
+
+from soilcarbon.spectral.pipeline import shared_preprocessing  # noqa: E402
 
 
 def train_and_register(folder: Path, which: str = "pls") -> str:
@@ -105,20 +110,30 @@ def read_only(path: Path, chunk_size: int) -> float:
     return time.perf_counter() - started
 
 
-def model_only(served, path: Path, chunk_size: int) -> float:
+def model_only(served, path: Path, chunk_size: int, share: bool = True) -> float:
     """Seconds spent in the model's own predict_matrix over the file's chunks (reading not timed),
-    with the same one-thread BLAS/OpenMP limit as the command."""
+    with the same one-thread BLAS/OpenMP limit as the command. ``share=False``: every pipeline
+    computes its own preprocessing (no ``shared_preprocessing`` cache), the cache's baseline."""
+    import contextlib
+
     import pyarrow.parquet as pq
     from threadpoolctl import threadpool_limits
 
+    from soilcarbon.models import soc_model
+
     inner = served.pyfunc.unwrap_python_model().model
     spent = 0.0
-    with threadpool_limits(limits=1):
-        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_size):
-            matrix = batch.to_pandas().drop(columns=["sample_id"]).to_numpy(dtype=float)
-            started = time.perf_counter()
-            inner.predict_matrix(matrix)
-            spent += time.perf_counter() - started
+    if not share:
+        soc_model.shared_preprocessing = contextlib.nullcontext
+    try:
+        with threadpool_limits(limits=1):
+            for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_size):
+                matrix = batch.to_pandas().drop(columns=["sample_id"]).to_numpy(dtype=float)
+                started = time.perf_counter()
+                inner.predict_matrix(matrix)
+                spent += time.perf_counter() - started
+    finally:
+        soc_model.shared_preprocessing = shared_preprocessing
     return spent
 
 
@@ -203,6 +218,8 @@ def main() -> None:
             served = load_model(uri)
             alone = min(model_only(served, source, args.chunk_size) for _ in range(args.repeat))
             rows.append([label, "model only (predict_matrix, 1 thread)", alone, None])
+            unshared = min(model_only(served, source, args.chunk_size, share=False) for _ in range(args.repeat))
+            rows.append([label, "model only, preprocessing not shared", unshared, None])
             for workers in sorted({1, args.workers}):
                 runs = [run_child(uri, source, folder / f"pred-{workers}.parquet", args.chunk_size, workers)
                         for _ in range(args.repeat)]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.models.ensemble import WeightedEnsemble
+from soilcarbon.models.ensemble import weighted_ensemble
 from soilcarbon.training.config import CandidateSpec, parse_config
 from soilcarbon.training.search import CandidateScore, select
 from soilcarbon.training.train import train
@@ -45,7 +45,7 @@ def test_weighted_ensemble_is_the_weighted_sum_of_its_refitted_members():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(100, 3))
     y = X @ [1.0, -2.0, 0.5] + rng.normal(0, 0.1, 100)
-    ensemble = WeightedEnsemble([LinearRegression(), DecisionTreeRegressor(random_state=0)], [0.75, 0.25]).fit(X, y)
+    ensemble = weighted_ensemble([LinearRegression(), DecisionTreeRegressor(random_state=0)], [0.75, 0.25]).fit(X, y)
     expected = 0.75 * LinearRegression().fit(X, y).predict(X) + 0.25 * DecisionTreeRegressor(random_state=0).fit(X, y).predict(X)
     assert np.allclose(ensemble.predict(X), expected)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from trained_model import nirsoil_spectra
 
-from soilcarbon.models.ensemble import WeightedEnsemble
+from soilcarbon.models.ensemble import weighted_ensemble
 from soilcarbon.spectral.pipeline import shared_preprocessing
 from soilcarbon.spectral.preprocessing import build_preprocessing
 from soilcarbon.training.candidates import build_candidate
@@ -90,7 +90,7 @@ def test_stacked_model_predicts_the_same_with_shared_preprocessing(spectra):
         CandidateSpec("pls", {"n_components": 8}, "none", preprocessing=STEPS + [{"name": "snv"}]),
         CandidateSpec("lightgbm", {"n_pls": 6, "n_estimators": 50}, "sqrt"),
     ]
-    stack = WeightedEnsemble([build_candidate(spec, model.layout, STEPS) for spec in members], [0.5, 0.3, 0.2])
+    stack = weighted_ensemble([build_candidate(spec, model.layout, STEPS) for spec in members], [0.5, 0.3, 0.2])
     model = replace(model, regressor=stack.fit(spectra.values, spectra.target("Ciso")))
     X = nirsoil_spectra().values[300:420]
     got = model.predict_matrix(X)
@@ -103,3 +103,22 @@ def test_stacked_model_predicts_the_same_with_shared_preprocessing(spectra):
     np.testing.assert_allclose(got["upper"], upper, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got["domain_score"], model.domain.score_samples(model.domain_features.transform(X)),
                                rtol=1e-12)
+
+
+def test_the_cache_is_explicit_counts_its_sharing_and_is_not_seen_by_other_threads(spectra):
+    import threading
+
+    X = spectra.values
+    first, second = _fitted(STEPS, spectra), _fitted(STEPS, spectra)
+    seen_elsewhere = []
+    with shared_preprocessing() as cache:
+        a = first.transform(X)
+        with shared_preprocessing() as inner:  # a nested block uses the outer cache
+            b = second.transform(X[:, :])
+        worker = threading.Thread(target=lambda: seen_elsewhere.append(first.transform(X)))
+        worker.start()
+        worker.join()
+    assert inner is cache and b is a and (cache.hits, cache.misses) == (1, 1)
+    assert seen_elsewhere[0] is not a and seen_elsewhere[0].flags.writeable  # computed, not shared
+    with shared_preprocessing() as fresh:
+        assert fresh is not cache and first.transform(X) is not a

@@ -2,7 +2,10 @@
 training data (Jackson & Mudholkar 1979; the usual chemometric outlier check, e.g. ASTM E1655).
 
 ``score = max(T²/T²_lim, Q/Q_lim)``; a sample is ``in_domain`` when ``score <= 1``. The limits
-are the ``quantile`` (default 99 %) of the training samples' own T² and Q.
+are the ``quantile`` (default 99 %) of the training samples' own T² and Q. When the components
+keep all the variance (as many components as features), Q is rounding noise: its limit is then
+floored at ``Q_FLOOR`` per feature, so the score is T²'s alone and does not depend on which
+other rows were scored with a sample (scikit-learn's subset-invariance check).
 """
 
 from __future__ import annotations
@@ -10,7 +13,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+#: Smallest Q limit per feature of the standardized data: far above float64 rounding (~1e-32),
+#: far below any real residual.
+Q_FLOOR = 1e-12
 
 
 class PCADomain(BaseEstimator):
@@ -29,7 +36,7 @@ class PCADomain(BaseEstimator):
         self.quantile = quantile
 
     def fit(self, X, y=None):
-        X = check_array(X, dtype=float)
+        X = validate_data(self, X, dtype=float)
         self.mean_ = X.mean(axis=0)
         self.std_ = X.std(axis=0)
         self.std_[self.std_ == 0] = 1.0
@@ -41,7 +48,7 @@ class PCADomain(BaseEstimator):
         self.n_components_ = n
         t2, q, _ = self._statistics(Xs)
         self.t2_limit_ = float(np.quantile(t2, self.quantile)) or 1e-12
-        self.q_limit_ = float(np.quantile(q, self.quantile)) or 1e-12
+        self.q_limit_ = max(float(np.quantile(q, self.quantile)), Q_FLOOR * X.shape[1])
         return self
 
     def _statistics(self, Xs):
@@ -56,7 +63,7 @@ class PCADomain(BaseEstimator):
         """``(scores, domain_score)`` from one projection: what :meth:`scores` and
         :meth:`score_samples` return, for callers that need both."""
         check_is_fitted(self, "pca_")
-        Xs = (check_array(X, dtype=float) - self.mean_) / self.std_
+        Xs = (validate_data(self, X, dtype=float, reset=False) - self.mean_) / self.std_
         t2, q, scores = self._statistics(Xs)
         standardized = scores / np.sqrt(self.pca_.explained_variance_)
         return standardized, np.maximum(t2 / self.t2_limit_, q / self.q_limit_)

@@ -19,6 +19,7 @@ from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.cross_decomposition import PLSRegression
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import FeatureLayout
@@ -46,36 +47,56 @@ def _lgbm(params: dict, seed: int):
     return LGBMRegressor(**defaults)
 
 
+def _fit_pls(estimator, X, y) -> PLSRegression:
+    """Validate ``X, y`` (setting ``n_features_in_``) and fit ``PLSRegression(scale=False)`` with
+    ``n_components`` capped at n_samples - 1 and n_features; one sample cannot be fitted."""
+    X, y = validate_data(estimator, X, y, y_numeric=True)
+    if X.shape[0] < 2:
+        raise ValueError(f"{type(estimator).__name__} needs at least 2 samples, got n_samples = {X.shape[0]}")
+    n = int(min(estimator.n_components, X.shape[0] - 1, X.shape[1]))
+    return PLSRegression(n_components=n, scale=False).fit(X, y)
+
+
 class PLS(RegressorMixin, BaseEstimator):
     """PLS regression (scale=False) with 1-D predictions; ``n_components`` is capped at what the
-    training data allow (n_samples - 1, n_features), so small data sets do not fail."""
+    training data allow (n_samples - 1, n_features), so small data sets do not fail.
+
+    Passes scikit-learn's ``check_estimator`` (tests/test_estimator_contract.py)."""
 
     def __init__(self, n_components: int = 10):
         self.n_components = n_components
 
     def fit(self, X, y):
-        n = int(min(self.n_components, X.shape[0] - 1, X.shape[1]))
-        self.pls_ = PLSRegression(n_components=n, scale=False).fit(X, y)
+        self.pls_ = _fit_pls(self, X, y)
         return self
 
     def predict(self, X):
-        return np.ravel(self.pls_.predict(X))
+        check_is_fitted(self)
+        # models pickled before n_features_in_ was recorded skip the width check (sklearn does)
+        return np.ravel(self.pls_.predict(validate_data(self, X, reset=False)))
 
 
 class PLSScores(TransformerMixin, BaseEstimator):
     """The X scores of a PLS regression on y, as a supervised compression step (a transformer
-    that returns only the scores, which ``PLSRegression.fit_transform`` does not)."""
+    that returns only the scores, which ``PLSRegression.fit_transform`` does not).
+
+    Passes scikit-learn's ``check_estimator`` (tests/test_estimator_contract.py)."""
 
     def __init__(self, n_components: int = 15):
         self.n_components = n_components
 
     def fit(self, X, y):
-        n = int(min(self.n_components, X.shape[0] - 1, X.shape[1]))
-        self.pls_ = PLSRegression(n_components=n, scale=False).fit(X, y)
+        self.pls_ = _fit_pls(self, X, y)
         return self
 
     def transform(self, X):
-        return self.pls_.transform(X)
+        check_is_fitted(self)
+        return self.pls_.transform(validate_data(self, X, reset=False))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True  # supervised: the scores depend on y
+        return tags
 
 
 def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: list, seed: int = 0):

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 from sklearn.base import clone
+from sklearn.utils.parallel import Parallel, delayed  # carries warning filters and config to workers
 
-from soilcarbon.models.ensemble import WeightedEnsemble, stacking_weights
+from soilcarbon.models.ensemble import stacking_weights, weighted_ensemble
 from soilcarbon.models.layout import FeatureLayout
 from soilcarbon.process import die_with_parent
 from soilcarbon.training.candidates import build_candidate, transform_allowed
@@ -50,7 +50,7 @@ class Selection:
         estimators = [build_candidate(m, layout, preprocessing, seed) for m in self.members]
         if len(estimators) == 1:
             return estimators[0]
-        return WeightedEnsemble(estimators, list(map(float, self.weights)))
+        return weighted_ensemble(estimators, self.weights)
 
     def table(self) -> pd.DataFrame:
         rows = [{"candidate": s.spec.name, "model": s.spec.model, "transform": s.spec.transform,
