@@ -78,3 +78,19 @@ def corn_dir(shared_data) -> Path:
 def run_cli_fixture():
     """The :func:`run_cli` helper: ``run_cli("spectra", "inspect", path) -> (code, out, err)``."""
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, shared_data):
+    """The session's MLflow store of real test models (:func:`serving_models.serving_store`)."""
+    from serving_models import serving_store
+
+    return serving_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def env(store):
+    """Environment for subprocesses (CLI, servers) that use that store."""
+    from serving_models import environment
+
+    return environment(store)

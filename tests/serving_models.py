@@ -67,3 +67,15 @@ def environment(info: dict) -> dict:
     env["MLFLOW_TRACKING_URI"] = info["tracking_uri"]
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return env
+
+
+def stop(process) -> None:
+    """Stop a server subprocess: SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)

@@ -13,16 +13,10 @@ import pytest
 
 from cli_helpers import cli_in_process, only_error_line
 from conftest import CORN_DIR, NIRSOIL_CSV, OPUS_DIR, SHARED_DATA
-from serving_models import serving_store
 
 from soilcarbon.spectral.quality import scan_problems
 
 NIR = "models:/soc-nir/1"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, shared_data):
-    return serving_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

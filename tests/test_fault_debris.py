@@ -14,28 +14,16 @@ import sys
 import textwrap
 import time
 
-import pytest
 import yaml
 
 from cli_helpers import cli_in_process
 from conftest import NIRSOIL_CSV, REPO
 from process_helpers import alive, descendants, listing, start_cli, wait_for, write_big_csv
-from serving_models import environment, serving_store
 from trained_model import FAST_CONFIG
 
 from soilcarbon.atomic import atomic_path, remove_stale_parts
 
 NIR = "models:/soc-nir/1"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, shared_data):
-    return serving_store(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def env(store):
-    return environment(store)
 
 
 def dead_pid() -> int:

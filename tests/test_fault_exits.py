@@ -23,20 +23,9 @@ from cli_helpers import only_error_line
 from conftest import NIRSOIL_CSV, run_cli
 from process_helpers import (StderrLines, alive, descendants, listing, start_cli, wait_for, without_progress,
                              write_big_csv)
-from serving_models import environment, serving_store
 from trained_model import FAST_CONFIG
 
 NIR = "models:/soc-nir/1"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, shared_data):
-    return serving_store(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def env(store):
-    return environment(store)
 
 
 @pytest.fixture(scope="module")

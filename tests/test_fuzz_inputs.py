@@ -18,17 +18,11 @@ import pytest
 
 from cli_helpers import cli_in_process, only_error_line
 from conftest import NIRSOIL_CSV, OPUS_DIR
-from serving_models import serving_store
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.serving.predict import load_model, predict_file
 
 SEEDS = range(24)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, shared_data):
-    return serving_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,11 @@ import pytest
 
 from cli_helpers import cli_in_process, only_error_line
 from conftest import NIRSOIL_CSV, OPUS_DIR, run_cli
-from serving_models import environment, serving_store
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.serving.predict import load_model, predict_file, predict_spectra
 
 NIR = "models:/soc-nir/1"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, shared_data):
-    return serving_store(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def env(store):
-    return environment(store)
 
 
 @pytest.fixture(scope="module")

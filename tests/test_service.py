@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from conftest import NIRSOIL_CSV, OPUS_DIR, REPO
-from serving_models import environment, serving_store
+from serving_models import environment, stop
 
 API_KEY = "test-key-123"
 AXIS = [float(a) for a in range(1100, 2500, 2)]
@@ -67,11 +67,6 @@ class ThreadServer:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, shared_data):
-    return serving_store(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def server(store):
     """``soilcarbon serve`` of models:/soc-nir@champion with an API key and small limits."""
     port = free_port()
@@ -87,12 +82,7 @@ def server(store):
         wait_ready(url, process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process)
 
 
 @pytest.fixture(scope="module")

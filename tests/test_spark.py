@@ -14,17 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import NIRSOIL_CSV, run_cli
-from serving_models import environment, serving_store
+from serving_models import environment
 from soilcarbon.serving.predict import OUTPUT_COLUMNS, predict_file
 from soilcarbon.serving.spark import spark_available
 
 MISSING = spark_available()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"Spark engine not testable here: {MISSING}")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, shared_data):
-    return serving_store(tmp_path_factory)
 
 
 def test_spark_engine_matches_mlflow_and_the_local_engine(store, tmp_path):

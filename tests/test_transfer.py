@@ -224,7 +224,7 @@ def test_transfer_registers_a_model_that_predict_and_pyfunc_use_unchanged(store,
 
 def _bad_files(store, kind: str):
     folder = store["folder"]
-    source, target = pd.read_csv(store["m5_cal"]), pd.read_csv(store["mp5_cal"])
+    target = pd.read_csv(store["mp5_cal"])
     spectral = [c for c in target.columns if c[0].isdigit()]
     args = ["--source", store["m5_cal"], "--target", folder / f"bad-{kind}.csv"]
     if kind == "one-side":

@@ -22,7 +22,7 @@ import pytest
 
 from cli_helpers import cli_in_process
 from conftest import NIRSOIL_CSV, OPUS_DIR, REPO
-from serving_models import environment, serving_store
+from serving_models import environment, stop
 from test_service import free_port, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,11 +37,6 @@ OPUS_PICK = 6
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                                 reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, shared_data):
-    return serving_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +56,7 @@ def server(store, tmp_path_factory):
         wait_ready(url, None)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process)
         log.seek(0)
         text = log.read()
         log.close()

@@ -17,7 +17,7 @@ import pytest
 from cli_helpers import cli_in_process
 from conftest import NIRSOIL_CSV, REPO
 from test_web import (browser, cli_predict, choose_model, downloads, open_page, page_message,  # noqa: F401
-                      pytestmark, screenshot, server, store, submit, wait_for)
+                      pytestmark, screenshot, server, submit, wait_for)
 
 SAMPLES = REPO / "data" / "stock_samples.csv"
 FIELDS = REPO / "data" / "stock_fields.csv"

@@ -28,9 +28,15 @@ FAST_CONFIG = {
 
 
 def use_tracking(folder: Path) -> str:
-    """Point MLflow (via the environment, as users do) at a SQLite file in ``folder``."""
+    """Point MLflow (via the environment, as users do) at a SQLite file in ``folder``; also reset
+    MLflow's process-wide URIs, which an earlier test's ``registry.configure`` may have set to
+    another store (``mlflow.set_tracking_uri`` wins over the environment)."""
+    import mlflow
+
     uri = f"sqlite:///{Path(folder) / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return uri
 
 
