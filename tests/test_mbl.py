@@ -327,13 +327,98 @@ def test_k_choice_by_leave_one_out_uses_the_same_local_models():
         assert rmse_k == pytest.approx(rmse(loop, y), rel=1e-9)
 
 
-def test_fitted_model_pickles_without_its_gram_cache():
+def test_predict_keeps_no_hidden_state_and_pickles_unchanged():
+    """Issue 9: predict reads the fitted attributes only; nothing is added to the instance."""
     import pickle
 
     X, y = two_cluster_problem(n=80, p=20)
-    mbl = MemoryBasedLearner(k=20, max_components=5).fit(X, y)
+    mbl = MemoryBasedLearner(k=20, max_components=5, diss_usage="predictors").fit(X, y)
+    state = {key: (id(v), np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for key, v in mbl.__dict__.items()}
     before = mbl.predict(X[:5])
-    assert "_gram" in mbl.__dict__
+    assert set(mbl.__dict__) == set(state)
+    for key, (ident, value) in state.items():
+        assert id(mbl.__dict__[key]) == ident
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(mbl.__dict__[key], value)
     twin = pickle.loads(pickle.dumps(mbl))
-    assert "_gram" not in twin.__dict__
     np.testing.assert_array_equal(twin.predict(X[:5]), before)
+
+
+# ----------------------------------------------------------------------------- library scale
+
+
+def _load_reference_problem():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_mbl_reference", Path(__file__).parent / "data" / "make_mbl_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_predictions_equal_those_of_the_code_before_the_blockwise_rewrite(shared_data):
+    """Stored results of main @ 733f403 (full distance matrices, cached reference Gram) on
+    NIRsoil: the blockwise neighbour search and per-neighbourhood kernel give them to 1e-8."""
+    module = _load_reference_problem()
+    expected = np.load(Path(__file__).parent / "data" / "mbl_reference.npz")
+    X, y, Q = module.reference_problem()
+    for name, params in module.CONFIGS.items():
+        mbl = MemoryBasedLearner(**params).fit(X, y)
+        assert [mbl.k_, mbl.diss_components_] == expected[name + "/k"].tolist(), name
+        if name + "/k_rmse" in expected:
+            got = np.array(sorted(mbl.k_validation_rmse_.items()), float)
+            np.testing.assert_allclose(got, expected[name + "/k_rmse"], rtol=1e-8, err_msg=name)
+        info = mbl.predict_with_info(Q).to_numpy()
+        want = expected[name + "/info"]
+        np.testing.assert_allclose(info[:, 0], want[:, 0], rtol=1e-8, atol=0, err_msg=name)
+        np.testing.assert_allclose(info, want, rtol=1e-8, atol=1e-8 * np.abs(want).max(), err_msg=name)
+
+
+def _library(nirsoil, n, seed=0):
+    """n spectra resampled from NIRsoil with small noise (2 % of the spectral sd), and their y."""
+    X, y = nirsoil
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(X), n)
+    return X[rows] + rng.normal(0, 0.02 * X.std(), size=(n, X.shape[1])), y[rows] + rng.normal(0, 0.05, n)
+
+
+def test_blockwise_neighbours_are_the_exact_nearest(nirsoil, monkeypatch):
+    import soilcarbon.models.mbl as mbl_module
+
+    Xr, yr = _library(nirsoil, 1500)
+    Xq, _ = _library(nirsoil, 300, seed=1)
+    for method in ("cor", "pca"):
+        mbl = MemoryBasedLearner(k=50, diss_method=method, diss_components=8).fit(Xr, yr)
+        Eq = mbl._embed(Xq)
+        D = mbl._pairwise(Eq, mbl.E_, method)
+        monkeypatch.setattr(mbl_module, "BLOCK_BYTES", 50 * 300 * 8)  # reference blocks of 50 rows
+        nb, dn = mbl.kneighbors(Eq, 50)
+        np.testing.assert_array_equal(np.sort(nb, axis=1), np.sort(np.argpartition(D, 49, axis=1)[:, :50], axis=1))
+        np.testing.assert_allclose(dn, np.take_along_axis(D, nb, axis=1), rtol=1e-12)  # GEMM block rounding
+        # leave-one-out: a reference sample is never its own neighbour
+        nb_self, _ = mbl.kneighbors(mbl.E_[:100], 10, exclude=np.arange(100))
+        assert not (nb_self == np.arange(100)[:, None]).any()
+        monkeypatch.undo()
+
+
+def test_predict_memory_does_not_grow_with_queries_times_references(nirsoil, monkeypatch):
+    """4,000 references x 2,000 queries: a full dissimilarity matrix would take 64 MB (and the
+    old path a Gram and a product matrix more); blockwise prediction peaks at a few MB and gives
+    the same predictions as with one big block."""
+    import tracemalloc
+
+    import soilcarbon.models.mbl as mbl_module
+
+    Xr, yr = _library(nirsoil, 4000)
+    Xq, _ = _library(nirsoil, 2000, seed=1)
+    mbl = MemoryBasedLearner(k=60, max_components=10).fit(Xr, yr)
+    one_block = mbl.predict(Xq[:300])  # also compiles the kernel before measuring
+    monkeypatch.setattr(mbl_module, "BLOCK_BYTES", 2e6)
+    monkeypatch.setattr(mbl_module, "QUERY_BLOCK", 64)
+    tracemalloc.start()
+    pred = mbl.predict(Xq)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    full_matrix = len(Xq) * len(Xr) * 8
+    assert peak < 0.15 * full_matrix, f"peak {peak / 1e6:.1f} MB"
+    np.testing.assert_allclose(pred[:300], one_block, rtol=1e-12)

@@ -41,14 +41,17 @@ a plain NIPALS written here because scikit-learn's ``PLSRegression`` validates a
 every call and is several times slower for the hundreds of tiny local fits one prediction
 needs (the results agree to 1e-10, see the tests).
 
-Speed: ``predict`` fits every query's local model in the kernel form of NIPALS, compiled with
-numba (:mod:`soilcarbon.models.local_pls`): the k x k Gram matrix of each neighbourhood is
-gathered from the reference Gram matrix (computed once per fitted model, not pickled), centred
-and weighted there, and each PLS component costs one k x k product. It equals the per-query
-NIPALS (``_predict_rows_loop``, kept as reference) to about 1e-11 on NIR data. The per-query
-path remains for ``scale=True`` (local column scaling cannot be expressed on a shared Gram
-matrix), for reference sets above ``_GRAM_MAX_BYTES`` (n ~ 5,700) and for queries whose local
-NIPALS stops early.
+Speed and memory: queries are handled in blocks of ``QUERY_BLOCK``; each block's exact ``k``
+nearest references are found by scanning the reference set in blocks of ``BLOCK_BYTES`` of
+dissimilarities with a running top-k (:meth:`MemoryBasedLearner.kneighbors`), and every query's
+local model is fitted in the kernel form of NIPALS, compiled with numba
+(:mod:`soilcarbon.models.local_pls`), from its k neighbours alone. No n x n or queries x
+references matrix is formed, so the compiled path is used at any library size and memory does
+not grow with it; the leave-one-out choice of ``k`` and the ``"opc"`` component count are
+blockwise too. Nothing is cached: ``predict`` reads only the fitted attributes. The compiled
+path equals the per-query NIPALS (``_predict_rows_loop``, kept as reference) to about 1e-11 on
+NIR data; the per-query path remains for ``scale=True`` (local column scaling has no kernel
+form here) and for queries whose local NIPALS stops early.
 
 References
 ----------
@@ -77,12 +80,13 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.models.local_pls import local_pls_predict
+from soilcarbon.models.local_pls import local_pls_predict, nearest_update
 
 DISS_METHODS = ("cor", "pca", "pls", "euclid")
 DISS_USAGES = ("weights", "none", "predictors")
 LOCAL_METHODS = ("wapls", "pls")
-_GRAM_MAX_BYTES = 256e6  # reference Gram matrix cached for the batched path up to n ~ 5,700
+BLOCK_BYTES = 32e6  # working memory of one block of query x reference dissimilarities
+QUERY_BLOCK = 256  # queries handled together (neighbour search, then their local models)
 
 
 # --------------------------------------------------------------------------- local PLS
@@ -333,15 +337,23 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
 
     @staticmethod
     def _opc(S, y):
-        """resemble's optimal component count: min RMSD between y and its nearest neighbour's y."""
+        """resemble's optimal component count: min RMSD between y and its nearest neighbour's y.
+
+        Rows are processed in blocks of ``BLOCK_BYTES`` (no n x n matrix)."""
         n, m = S.shape
-        d2 = np.zeros((n, n))
-        np.fill_diagonal(d2, np.inf)
+        sq = np.zeros(m)
+        rows = max(1, int(BLOCK_BYTES // (8 * n)))
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            d2 = np.zeros((r1 - r0, n))
+            d2[np.arange(r1 - r0), np.arange(r0, r1)] = np.inf
+            for c in range(m):
+                d2 += (S[r0:r1, c][:, None] - S[:, c][None, :]) ** 2
+                nn = np.argmin(d2, axis=1)
+                sq[c] += np.sum((y[r0:r1] - y[nn]) ** 2)
         best, best_rmsd = 1, np.inf
         for c in range(m):
-            d2 += (S[:, c][:, None] - S[:, c][None, :]) ** 2
-            nn = np.argmin(d2, axis=1)
-            rmsd = np.sqrt(np.mean((y - y[nn]) ** 2))
+            rmsd = np.sqrt(sq[c] / n)
             if rmsd < best_rmsd - 1e-12:
                 best, best_rmsd = c + 1, rmsd
         return best
@@ -352,6 +364,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         k = len(yn)
         if self.diss_usage == "predictors":
             Dn = self._pairwise(En, En, self.diss_method)
+            np.fill_diagonal(Dn, 0.0)  # exact, not the sqrt of a rounding error (~1e-8)
             Xn = np.hstack([Xn, Dn])
             xq = np.concatenate([xq, dq])
         if self.diss_usage == "weights":
@@ -396,65 +409,83 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         return np.argpartition(D, k - 1, axis=1)[:, :k]
 
     def _predict_rows_loop(self, Xq, Eq, D, k, nb=None):
-        """Reference path: one local model per query (kept for the equivalence tests and as the
-        fallback for queries whose local NIPALS stops early)."""
+        """Reference path: one local model per query, on the neighbours found in the full
+        query x reference dissimilarity matrix ``D`` (kept for the equivalence tests)."""
         nb = self._neighbours(D, k) if nb is None else nb
+        return self._local_loop(Xq, Eq, nb, np.take_along_axis(D, nb, axis=1))
+
+    def _local_loop(self, Xq, Eq, nb, dnb):
+        """One NIPALS local model per query on neighbours ``nb`` (m, k) at dissimilarities ``dnb``."""
         out = np.empty((len(Xq), 5))
         for i in range(len(Xq)):
             j = nb[i]
-            dn = D[i, j]
+            dn = dnb[i]
             pred, spread = self._local_predict(
                 self.X_[j], self.y_[j], dn, Xq[i], dn, self.E_[j], Eq[i]
             )
             out[i] = (pred, dn.mean(), dn.min(), spread, self.y_[j].std(ddof=1))
         return out
 
-    def _gram_cache(self):
-        """Reference-set Gram matrix of the globally centred spectra (and, for
-        ``diss_usage="predictors"``, the reference dissimilarity matrix), computed once per
-        fitted model; ``None`` when ``n^2`` doubles would exceed ``_GRAM_MAX_BYTES``."""
-        cache = self.__dict__.get("_gram")
-        if cache is not None and cache[0] is self.X_:
-            return cache[1]
-        n = len(self.X_)
-        value = None
-        if n * n * 8 <= _GRAM_MAX_BYTES:
-            mu = self.X_.mean(axis=0)
-            Xr = self.X_ - mu
-            Dref = self._pairwise(self.E_, self.E_, self.diss_method) if self.diss_usage == "predictors" else None
-            value = (mu, Xr, Xr @ Xr.T, Dref)
-        self.__dict__["_gram"] = (self.X_, value)
-        return value
+    def kneighbors(self, Eq, k, exclude=None):
+        """Exact ``k`` nearest reference samples of embedded queries ``Eq`` (m, e).
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_gram", None)  # a cache, rebuilt on demand
-        return state
+        The reference set is scanned in blocks of at most ``BLOCK_BYTES`` of dissimilarities
+        with a running top-k (:func:`soilcarbon.models.local_pls.nearest_update`), so memory
+        stays bounded whatever the size of the reference set. ``exclude`` (m,) names one
+        reference index per query to leave out (leave-one-out), or ``None``.
+        Returns ``(indices, dissimilarities)``, both (m, k), each row in no particular order.
+        """
+        n = len(self.E_)
+        m = len(Eq)
+        k = min(int(k), n)
+        best_d = np.full((m, k), np.inf)
+        best_i = np.full((m, k), -1, dtype=np.int64)
+        skip = np.full(m, -1, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
+        step = max(k, int(BLOCK_BYTES // (8 * max(m, 1))))
+        for r0 in range(0, n, step):
+            D = self._pairwise(Eq, self.E_[r0 : r0 + step], self.diss_method)
+            nearest_update(D, r0, skip, best_d, best_i)
+        return best_i, best_d
 
-    def _predict_rows(self, Xq, Eq, D, k):
-        """All queries' local models through the compiled kernel-form PLS
-        (:func:`soilcarbon.models.local_pls.local_pls_predict`)."""
+    def _local_models(self, Xq, Eq, nb, dnb):
+        """Local model of each query on its neighbours: compiled kernel PLS
+        (:func:`soilcarbon.models.local_pls.local_pls_predict`), with the per-query path for
+        ``scale=True`` (local column scaling has no kernel form here) and for queries whose
+        local NIPALS stops early."""
         if self.scale:
-            return self._predict_rows_loop(Xq, Eq, D, k)
-        nb = self._neighbours(D, k)
-        cache = self._gram_cache()
-        if cache is None:
-            return self._predict_rows_loop(Xq, Eq, D, k, nb)
-        mu, Xr, G, Dref = cache
+            return self._local_loop(Xq, Eq, nb, dnb)
+        k = nb.shape[1]
         p = self.X_.shape[1]
         predictors = self.diss_usage == "predictors"
         n_features = p + k if predictors else p
         A = int(min(max(min(self.max_components, k - 2), 1), k - 1, n_features))
         lo = min(self.min_components, A) if self.local_method == "wapls" else A
-        xq = Xq - mu
         out, bad = local_pls_predict(
-            G, D, nb, self.y_, xq @ Xr.T, np.einsum("bi,bi->b", xq, xq), A, n_features, lo,
-            self.local_method == "wapls", self.diss_usage == "weights", Dref if predictors else np.empty((0, 0)),
+            self.X_, self.y_, Xq, nb, dnb, A, lo, self.local_method == "wapls", self.diss_usage == "weights",
+            self.E_ if predictors else np.empty((0, 0)), self.diss_method == "cor",
         )
         if bad.any():
             rows = np.flatnonzero(bad)
-            out[rows] = self._predict_rows_loop(Xq[rows], Eq[rows], D[rows], k, nb[rows])
+            out[rows] = self._local_loop(Xq[rows], Eq[rows], nb[rows], dnb[rows])
         return out
+
+    def _query_blocks(self, X, ks, leave_one_out=False):
+        """Yield ``(rows, {k: (m_b, 5) local-model results})`` for blocks of ``QUERY_BLOCK`` queries:
+        memory is bounded by the block, whatever the number of queries and references."""
+        kmax = max(ks)
+        for q0 in range(0, len(X), QUERY_BLOCK):
+            rows = slice(q0, min(len(X), q0 + QUERY_BLOCK))
+            Xq = X[rows]
+            Eq = self.E_[rows] if leave_one_out else self._embed(Xq)
+            exclude = np.arange(rows.start, rows.stop) if leave_one_out else None
+            nb, dnb = self.kneighbors(Eq, kmax, exclude)
+            if len(ks) > 1:  # nearest first, so that the first k columns are the k nearest
+                order = np.argsort(dnb, axis=1, kind="stable")
+                nb, dnb = np.take_along_axis(nb, order, 1), np.take_along_axis(dnb, order, 1)
+            yield rows, {
+                k: self._local_models(Xq, Eq, np.ascontiguousarray(nb[:, :k]), np.ascontiguousarray(dnb[:, :k]))
+                for k in ks
+            }
 
     # ------------------------------------------------------------------ API
     def fit(self, X, y):
@@ -469,12 +500,11 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         if len(ks) == 1:
             self.k_ = ks[0]
             return self
-        D = self._pairwise(self.E_, self.E_, self.diss_method)
-        np.fill_diagonal(D, np.inf)
-        rmse = {}
-        for k in ks:
-            pred = self._predict_rows(X, self.E_, D, k)[:, 0]
-            rmse[k] = float(np.sqrt(np.mean((pred - y) ** 2)))
+        pred = {k: np.empty(len(y)) for k in ks}
+        for rows, results in self._query_blocks(X, ks, leave_one_out=True):
+            for k, out in results.items():
+                pred[k][rows] = out[:, 0]
+        rmse = {k: float(np.sqrt(np.mean((pred[k] - y) ** 2))) for k in ks}
         self.k_validation_rmse_ = rmse
         self.k_ = min(rmse, key=rmse.get)
         return self
@@ -489,9 +519,10 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self, "X_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        Eq = self._embed(X)
-        D = self._pairwise(Eq, self.E_, self.diss_method)
-        out = self._predict_rows(X, Eq, D, min(self.k_, len(self.y_)))
+        k = min(self.k_, len(self.y_))
+        out = np.empty((len(X), 5))
+        for rows, results in self._query_blocks(X, [k]):
+            out[rows] = results[k]
         return pd.DataFrame(
             out,
             columns=["prediction", "mean_dissimilarity", "nearest_dissimilarity", "local_spread", "neighbour_y_sd"],
