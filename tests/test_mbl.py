@@ -394,11 +394,19 @@ def test_blockwise_neighbours_are_the_exact_nearest(nirsoil, monkeypatch):
         monkeypatch.setattr(mbl_module, "BLOCK_BYTES", 50 * 300 * 8)  # reference blocks of 50 rows
         nb, dn = mbl.kneighbors(Eq, 50)
         np.testing.assert_array_equal(np.sort(nb, axis=1), np.sort(np.argpartition(D, 49, axis=1)[:, :50], axis=1))
-        np.testing.assert_allclose(dn, np.take_along_axis(D, nb, axis=1), rtol=1e-12)  # GEMM block rounding
+        np.testing.assert_allclose(dn, np.take_along_axis(D, nb, axis=1), rtol=1e-12, atol=1e-13)  # rounding
         # leave-one-out: a reference sample is never its own neighbour
         nb_self, _ = mbl.kneighbors(mbl.E_[:100], 10, exclude=np.arange(100))
         assert not (nb_self == np.arange(100)[:, None]).any()
         monkeypatch.undo()
+    # 300 copies of one spectrum: the single-precision scan cannot separate them, the double one does
+    Xt = np.vstack([Xr[:1200], np.repeat(Xr[:1], 300, axis=0)])
+    mbl = MemoryBasedLearner(k=50).fit(Xt, yr[: len(Xt)])
+    Eq = mbl._embed(np.vstack([Xr[:1] + 1e-4 * Xr.std(), Xq[:20]]))
+    nb, dn = mbl.kneighbors(Eq, 50)
+    D = mbl._pairwise(Eq, mbl.E_, "cor")
+    np.testing.assert_allclose(np.sort(dn, axis=1), np.sort(D, axis=1)[:, :50], rtol=1e-12, atol=1e-13)
+    assert set(nb[0]) <= set(range(1200, 1500)) | {0}
 
 
 def test_predict_memory_does_not_grow_with_queries_times_references(nirsoil, monkeypatch):

@@ -96,6 +96,25 @@ def nearest_update(D, offset, self_index, best_d, best_i):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
+def neighbour_dissimilarities(Eq, E, nb, cor):
+    """Dissimilarities of each query (row of ``Eq``) to its candidate neighbours ``E[nb[i]]``:
+    ``sqrt((1 - r) / 2)`` of the product ``r`` (clipped to [-1, 1]) when ``cor``, else the
+    Euclidean distance ``sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0))``, as ``MemoryBasedLearner._pairwise``."""
+    m, kk = nb.shape
+    out = np.empty((m, kk))
+    for i in range(m):
+        qq = _dot(Eq[i], Eq[i])
+        for a in range(kk):
+            row = E[nb[i, a]]
+            r = _dot(Eq[i], row)
+            if cor:
+                out[i, a] = np.sqrt(min(max(r, -1.0), 1.0) * -0.5 + 0.5)
+            else:
+                out[i, a] = np.sqrt(max(qq + _dot(row, row) - 2.0 * r, 0.0))
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, cor):
     """Local PLS1 prediction of each query from its neighbours, with neighbourhood statistics.
 

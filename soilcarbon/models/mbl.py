@@ -80,7 +80,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.models.local_pls import local_pls_predict, nearest_update
+from soilcarbon.models.local_pls import local_pls_predict, nearest_update, neighbour_dissimilarities
 
 DISS_METHODS = ("cor", "pca", "pls", "euclid")
 DISS_USAGES = ("weights", "none", "predictors")
@@ -429,23 +429,59 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
     def kneighbors(self, Eq, k, exclude=None):
         """Exact ``k`` nearest reference samples of embedded queries ``Eq`` (m, e).
 
-        The reference set is scanned in blocks of at most ``BLOCK_BYTES`` of dissimilarities
-        with a running top-k (:func:`soilcarbon.models.local_pls.nearest_update`), so memory
-        stays bounded whatever the size of the reference set. ``exclude`` (m,) names one
-        reference index per query to leave out (leave-one-out), or ``None``.
+        The reference set is scanned in blocks of at most ``BLOCK_BYTES`` with a running top-k
+        (:func:`soilcarbon.models.local_pls.nearest_update`) of a score that orders references
+        as the dissimilarity does (``-r`` for ``"cor"``, ``|b|^2 - 2 a.b`` otherwise), so memory
+        stays bounded whatever the size of the reference set; the dissimilarities of the
+        selected neighbours are then computed exactly. For ``"cor"`` the scan runs in single
+        precision and keeps ``2 k`` candidates: the rounding error of a float32 product of two
+        rows of norm <= 1 is below ``delta = (e + 3) u`` (``u = 2^-24``, Higham 2002, sec. 3.1),
+        so when the ``2k``-th candidate's score exceeds the ``k``-th one's by more than
+        ``2 delta`` the exact top k are among the candidates; queries where it does not are
+        scanned again in double precision. ``exclude`` (m,) names one reference index per query
+        to leave out (leave-one-out), or ``None``.
         Returns ``(indices, dissimilarities)``, both (m, k), each row in no particular order.
         """
-        n = len(self.E_)
+        n, e = self.E_.shape
         m = len(Eq)
         k = min(int(k), n)
-        best_d = np.full((m, k), np.inf)
-        best_i = np.full((m, k), -1, dtype=np.int64)
         skip = np.full(m, -1, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
-        step = max(k, int(BLOCK_BYTES // (8 * max(m, 1))))
+        single = self.diss_method == "cor" and 2 * k <= n
+        kk = 2 * k if single else k
+        best_s, best_i = self._scan(Eq, skip, kk, single)
+        if single:
+            best_s = np.sort(best_s, axis=1)
+            delta = (e + 3) * 2.0**-24 * 1.01
+            loose = np.flatnonzero(best_s[:, -1] - best_s[:, k - 1] <= 2 * delta)
+            if len(loose):  # too close to call in single precision: scan these in double precision
+                best_i[loose] = self._scan(Eq[loose], skip[loose], kk, False)[1]
+        d = neighbour_dissimilarities(Eq, self.E_, best_i, self.diss_method == "cor")
+        if kk > k:
+            order = np.argsort(d, axis=1, kind="stable")[:, :k]
+            return np.take_along_axis(best_i, order, 1), np.take_along_axis(d, order, 1)
+        return best_i, d
+
+    def _scan(self, Eq, skip, kk, single):
+        """Running top-``kk`` of the ordering score over reference blocks (see ``kneighbors``)."""
+        n, m = len(self.E_), len(Eq)
+        step = max(kk, int(BLOCK_BYTES // (8 * max(m, 1))))
+        best_s = np.full((m, kk), np.inf)
+        best_i = np.full((m, kk), -1, dtype=np.int64)
+        Aq = Eq.astype(np.float32) if single else Eq
         for r0 in range(0, n, step):
-            D = self._pairwise(Eq, self.E_[r0 : r0 + step], self.diss_method)
-            nearest_update(D, r0, skip, best_d, best_i)
-        return best_i, best_d
+            Eb = self.E_[r0 : r0 + step]
+            if single:
+                S = Aq @ Eb.astype(np.float32).T
+                np.negative(S, out=S)
+            elif self.diss_method == "cor":
+                S = Eq @ Eb.T
+                np.negative(S, out=S)
+            else:
+                S = Eq @ Eb.T
+                S *= -2.0
+                S += (Eb * Eb).sum(1)[None, :]
+            nearest_update(S, r0, skip, best_s, best_i)
+        return best_s, best_i
 
     def _local_models(self, Xq, Eq, nb, dnb):
         """Local model of each query on its neighbours: compiled kernel PLS
