@@ -74,9 +74,10 @@ def nearest_update(D, offset, self_index, best_d, best_i):
         hd = best_d[i]
         hi = best_i[i]
         skip = self_index[i] - offset
+        limit = hd[0]  # the current k-th smallest, kept in a register
         for j in range(r):
             d = D[i, j]
-            if not d < hd[0] or j == skip:
+            if not d < limit or j == skip:
                 continue
             pos = 0
             while True:  # sift the new entry down from the root
@@ -93,6 +94,7 @@ def nearest_update(D, offset, self_index, best_d, best_i):
                 pos = child
             hd[pos] = d
             hi[pos] = j + offset
+            limit = hd[0]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)

@@ -426,7 +426,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             out[i] = (pred, dn.mean(), dn.min(), spread, self.y_[j].std(ddof=1))
         return out
 
-    def kneighbors(self, Eq, k, exclude=None):
+    def kneighbors(self, Eq, k, exclude=None, reference32=None):
         """Exact ``k`` nearest reference samples of embedded queries ``Eq`` (m, e).
 
         The reference set is scanned in blocks of at most ``BLOCK_BYTES`` with a running top-k
@@ -439,7 +439,8 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         so when the ``2k``-th candidate's score exceeds the ``k``-th one's by more than
         ``2 delta`` the exact top k are among the candidates; queries where it does not are
         scanned again in double precision. ``exclude`` (m,) names one reference index per query
-        to leave out (leave-one-out), or ``None``.
+        to leave out (leave-one-out), or ``None``. ``reference32`` is ``E_`` in float32 when the
+        caller has it (``predict`` converts it once per call), else each block is converted.
         Returns ``(indices, dissimilarities)``, both (m, k), each row in no particular order.
         """
         n, e = self.E_.shape
@@ -448,7 +449,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         skip = np.full(m, -1, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
         single = self.diss_method == "cor" and 2 * k <= n
         kk = 2 * k if single else k
-        best_s, best_i = self._scan(Eq, skip, kk, single)
+        best_s, best_i = self._scan(Eq, skip, kk, single, reference32)
         if single:
             best_s = np.sort(best_s, axis=1)
             delta = (e + 3) * 2.0**-24 * 1.01
@@ -461,7 +462,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             return np.take_along_axis(best_i, order, 1), np.take_along_axis(d, order, 1)
         return best_i, d
 
-    def _scan(self, Eq, skip, kk, single):
+    def _scan(self, Eq, skip, kk, single, reference32=None):
         """Running top-``kk`` of the ordering score over reference blocks (see ``kneighbors``)."""
         n, m = len(self.E_), len(Eq)
         step = max(kk, int(BLOCK_BYTES // (8 * max(m, 1))))
@@ -471,7 +472,8 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         for r0 in range(0, n, step):
             Eb = self.E_[r0 : r0 + step]
             if single:
-                S = Aq @ Eb.astype(np.float32).T
+                Eb32 = Eb.astype(np.float32) if reference32 is None else reference32[r0 : r0 + step]
+                S = Aq @ Eb32.T
                 np.negative(S, out=S)
             elif self.diss_method == "cor":
                 S = Eq @ Eb.T
@@ -509,12 +511,13 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         """Yield ``(rows, {k: (m_b, 5) local-model results})`` for blocks of ``QUERY_BLOCK`` queries:
         memory is bounded by the block, whatever the number of queries and references."""
         kmax = max(ks)
+        reference32 = self.E_.astype(np.float32) if self.diss_method == "cor" and len(X) > QUERY_BLOCK else None
         for q0 in range(0, len(X), QUERY_BLOCK):
             rows = slice(q0, min(len(X), q0 + QUERY_BLOCK))
             Xq = X[rows]
             Eq = self.E_[rows] if leave_one_out else self._embed(Xq)
             exclude = np.arange(rows.start, rows.stop) if leave_one_out else None
-            nb, dnb = self.kneighbors(Eq, kmax, exclude)
+            nb, dnb = self.kneighbors(Eq, kmax, exclude, reference32)
             if len(ks) > 1:  # nearest first, so that the first k columns are the k nearest
                 order = np.argsort(dnb, axis=1, kind="stable")
                 nb, dnb = np.take_along_axis(nb, order, 1), np.take_along_axis(dnb, order, 1)
