@@ -317,9 +317,10 @@ def test_neighbourhoods_with_constant_response_fall_back_to_the_mean():
     np.testing.assert_allclose(info.to_numpy(), _loop_reference(mbl, Xq), rtol=1e-8, atol=1e-12)
 
 
-def test_k_choice_by_leave_one_out_uses_the_same_local_models():
+@pytest.mark.parametrize("ks", [[15, 40], [20, 50]])  # 2 x 50 = n: no room for 2k single-precision candidates
+def test_k_choice_by_leave_one_out_uses_the_same_local_models(ks):
     X, y = two_cluster_problem(n=100, p=30)
-    mbl = MemoryBasedLearner(k=[15, 40], min_components=2, max_components=6).fit(X, y)
+    mbl = MemoryBasedLearner(k=ks, min_components=2, max_components=6).fit(X, y)
     D = mbl._pairwise(mbl.E_, mbl.E_, "cor")
     np.fill_diagonal(D, np.inf)
     for k, rmse_k in mbl.k_validation_rmse_.items():

@@ -447,7 +447,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         m = len(Eq)
         k = min(int(k), n)
         skip = np.full(m, -1, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
-        single = self.diss_method == "cor" and 2 * k <= n
+        single = self.diss_method == "cor" and 2 * k < n  # 2k candidates even when one is left out
         kk = 2 * k if single else k
         best_s, best_i = self._scan(Eq, skip, kk, single, reference32)
         if single:
