@@ -275,12 +275,22 @@ def _loop_reference(mbl, Xq):
     return mbl._predict_rows_loop(Xq, Eq, D, mbl.k_)
 
 
+@pytest.fixture(params=["gram", "rows"])
+def kernel_form(request, monkeypatch):
+    """Runs a test with the compiled kernel's Gram form, then with its row form, whatever the sizes."""
+    import soilcarbon.models.mbl as mbl_module
+
+    monkeypatch.setattr(mbl_module, "gram_form", lambda u, m, k: request.param == "gram")
+    return request.param
+
+
 @pytest.mark.parametrize("local_method", ["wapls", "pls"])
 @pytest.mark.parametrize("diss_usage", ["weights", "none", "predictors"])
 @pytest.mark.parametrize("diss_method", ["cor", "pca", "pls", "euclid"])
-def test_compiled_prediction_equals_per_query_local_models(nirsoil, diss_method, diss_usage, local_method):
+def test_compiled_prediction_equals_per_query_local_models(nirsoil, diss_method, diss_usage, local_method, kernel_form):
     """The compiled kernel-form local PLS gives the per-query NIPALS results, on real NIR
-    spectra and on the synthetic two-cluster problem, for every option combination."""
+    spectra and on the synthetic two-cluster problem, for every option combination, in the
+    Gram form (small libraries) and in the row form (large ones)."""
     X, y = nirsoil
     rng = np.random.default_rng(1)
     Xq = X[rng.choice(len(X), 12)] + rng.normal(0, 0.02 * X.std(), size=(12, X.shape[1]))
@@ -296,7 +306,7 @@ def test_compiled_prediction_equals_per_query_local_models(nirsoil, diss_method,
         np.testing.assert_allclose(mbl.predict(query), expected[:, 0], rtol=1e-8)
 
 
-def test_compiled_default_model_equals_per_query_path_on_real_data(nirsoil):
+def test_compiled_default_model_equals_per_query_path_on_real_data(nirsoil, kernel_form):
     X, y = nirsoil
     mbl = MemoryBasedLearner().fit(X[:400], y[:400])
     expected = _loop_reference(mbl, X[400:460])
@@ -305,7 +315,7 @@ def test_compiled_default_model_equals_per_query_path_on_real_data(nirsoil):
     assert np.abs(got[:, 0] - expected[:, 0]).max() < 1e-8 * np.abs(expected[:, 0]).max()
 
 
-def test_neighbourhoods_with_constant_response_fall_back_to_the_mean():
+def test_neighbourhoods_with_constant_response_fall_back_to_the_mean(kernel_form):
     """Where every neighbour has the same response NIPALS stops at zero components; the
     compiled path hands those queries to the per-query path, which predicts the constant."""
     X, y = two_cluster_problem(n=120, p=30)
@@ -357,7 +367,7 @@ def _load_reference_problem():
     return module
 
 
-def test_predictions_equal_those_of_the_code_before_the_blockwise_rewrite(shared_data):
+def test_predictions_equal_those_of_the_code_before_the_blockwise_rewrite(shared_data, kernel_form):
     """Stored results of main @ 733f403 (full distance matrices, cached reference Gram) on
     NIRsoil: the blockwise neighbour search and per-neighbourhood kernel give them to 1e-8."""
     module = _load_reference_problem()

@@ -117,7 +117,7 @@ def neighbour_dissimilarities(Eq, E, nb, cor):
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, cor):
+def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, cor, G, loc, GQ, xx0):
     """Local PLS1 prediction of each query from its neighbours, with neighbourhood statistics.
 
     Parameters (m queries, k neighbours each, n reference samples, p predictors)
@@ -132,8 +132,16 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
         among the neighbours (and of the query to them) become k extra local predictors,
         ``sqrt((1 - r) / 2)`` of the embedded rows' product ``r`` when ``cor``, else their
         Euclidean distance; a (0, 0) array otherwise.
+    G, loc, GQ, xx0 : the Gram form, or (0, 0) arrays (and ``xx0`` of length 0) for the row form.
+        ``G`` (u, u) is the Gram matrix of ``u`` reference rows centred on a common vector ``c``
+        (in practice the union of the block's neighbourhoods), ``loc`` (m, k) gives the position
+        in ``G`` of each entry of ``nb``, ``GQ`` (m, u) the products of the centred queries with
+        those rows and ``xx0`` (m,) the squared norms of the centred queries. Each neighbourhood's
+        ``K`` is then gathered from ``G`` and centred and weighted there (O(k^2) per query instead
+        of the row form's O(k^2 p)); ``X`` and ``Xq`` are not read.
 
-    Memory is that of one neighbourhood (k x p and k x k), whatever n and m are.
+    Memory is that of one neighbourhood (k x p and k x k), whatever n and m are (plus the
+    caller's ``G`` in the Gram form).
 
     Returns ``(out, bad)``: ``out`` (m, 5) holds the prediction, the mean and the smallest
     dissimilarity to the neighbours, the spread of the wapls component predictions and the
@@ -142,6 +150,7 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
     m, k = nb.shape
     p = X.shape[1]
     predictors = E.shape[0] > 0
+    gram = G.shape[0] > 0
     n_features = p + k if predictors else p
     A = n_components
     out = np.zeros((m, 5))
@@ -160,6 +169,8 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
     sw = np.empty(k)
     yd = np.empty(k)
     kq = np.empty(k)
+    li = np.empty(k, dtype=loc.dtype)
+    Gw = np.empty(k)
     U = np.empty((A, k))
     V = np.empty((A, k))
     T = np.empty((A, k))
@@ -183,6 +194,8 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
         dsum = 0.0
         for a in range(k):
             idx[a] = nb[i, order[a]]
+            if gram:
+                li[a] = loc[i, order[a]]
             d = dnb[i, order[a]]
             dn[a] = d
             dmax = max(dmax, d)
@@ -210,24 +223,41 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
         out[i, 1] = dsum / k
         out[i, 2] = dmin
         out[i, 4] = np.sqrt(yvar / (k - 1))
-        # the neighbours' predictors, centred on their weighted mean and weighted: K = Xc Xc'
-        xm[:] = 0.0
-        for a in range(k):
-            row = X[idx[a]]
+        if gram:  # K gathered from G, then centred on the weighted mean and weighted
+            wGw = 0.0
+            wg = 0.0
+            for a in range(k):
+                ga = G[li[a]]
+                s = 0.0
+                for b in range(k):
+                    K[a, b] = ga[li[b]]
+                    s += K[a, b] * w[b]
+                Gw[a] = s
+                wGw += w[a] * s
+                wg += w[a] * GQ[i, li[a]]
+            for a in range(k):
+                for b in range(k):
+                    K[a, b] = sw[a] * sw[b] * (K[a, b] - Gw[a] - Gw[b] + wGw)
+                kq[a] = sw[a] * (GQ[i, li[a]] - Gw[a] - (wg - wGw))
+            xx = xx0[i] - 2.0 * wg + wGw
+        else:  # the neighbours' predictors, centred on their weighted mean and weighted: K = Xc Xc'
+            xm[:] = 0.0
+            for a in range(k):
+                row = X[idx[a]]
+                for j in range(p):
+                    xm[j] += w[a] * row[j]
             for j in range(p):
-                xm[j] += w[a] * row[j]
-        for j in range(p):
-            xz[j] = Xq[i, j] - xm[j]
-        for a in range(k):
-            row = X[idx[a]]
-            for j in range(p):
-                Xc[a, j] = sw[a] * (row[j] - xm[j])
-        for a in range(k):
-            for b in range(a + 1):
-                K[a, b] = _dot(Xc[a], Xc[b])
-                K[b, a] = K[a, b]
-            kq[a] = _dot(Xc[a], xz)
-        xx = _dot(xz, xz)
+                xz[j] = Xq[i, j] - xm[j]
+            for a in range(k):
+                row = X[idx[a]]
+                for j in range(p):
+                    Xc[a, j] = sw[a] * (row[j] - xm[j])
+            for a in range(k):
+                for b in range(a + 1):
+                    K[a, b] = _dot(Xc[a], Xc[b])
+                    K[b, a] = K[a, b]
+                kq[a] = _dot(Xc[a], xz)
+            xx = _dot(xz, xz)
         if predictors:  # dissimilarities among the neighbours as k extra predictors
             for a in range(k):
                 en[a] = _dot(E[idx[a]], E[idx[a]])

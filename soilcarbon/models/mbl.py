@@ -89,6 +89,17 @@ BLOCK_BYTES = 32e6  # working memory of one block of query x reference dissimila
 QUERY_BLOCK = 256  # queries handled together (neighbour search, then their local models)
 
 
+def gram_form(u, m, k):
+    """Whether a block of ``m`` queries with ``k`` neighbours each, ``u`` distinct references among
+    them, fits its local models in the Gram form (one ``u x u`` Gram matrix by BLAS, then O(k^2)
+    per query) rather than the row form (O(k^2 p) per query): when the Gram matrix has no more
+    entries than the ``m`` neighbourhoods' ``k x k`` matrices together (it then costs less, and
+    BLAS runs faster than the per-query loop) and fits in ``BLOCK_BYTES``. Small libraries (up to
+    ``sqrt(m) k`` references, about 1,900 with the default 256 x 120) always take it; large ones
+    take it only where a block's neighbourhoods overlap enough."""
+    return u * u <= min(m * k * k, BLOCK_BYTES / 8)
+
+
 # --------------------------------------------------------------------------- local PLS
 
 
@@ -498,9 +509,20 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         n_features = p + k if predictors else p
         A = int(min(max(min(self.max_components, k - 2), 1), k - 1, n_features))
         lo = min(self.min_components, A) if self.local_method == "wapls" else A
+        rows, loc = np.unique(nb, return_inverse=True)
+        loc = loc.reshape(nb.shape)
+        u = len(rows)
+        if gram_form(u, len(nb), k):  # the Gram matrix of the block's neighbours
+            Xr = self.X_[rows]
+            c = Xr.mean(axis=0)
+            Xr -= c
+            xq = Xq - c
+            G, GQ, xx0 = Xr @ Xr.T, xq @ Xr.T, np.einsum("ij,ij->i", xq, xq)
+        else:
+            G, loc, GQ, xx0 = np.empty((0, 0)), np.empty((0, 0), dtype=np.int64), np.empty((0, 0)), np.empty(0)
         out, bad = local_pls_predict(
             self.X_, self.y_, Xq, nb, dnb, A, lo, self.local_method == "wapls", self.diss_usage == "weights",
-            self.E_ if predictors else np.empty((0, 0)), self.diss_method == "cor",
+            self.E_ if predictors else np.empty((0, 0)), self.diss_method == "cor", G, loc, GQ, xx0,
         )
         if bad.any():
             rows = np.flatnonzero(bad)
