@@ -462,21 +462,25 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         kk = 2 * k if single else k
         best_s, best_i = self._scan(Eq, skip, kk, single, reference32)
         if single:
-            best_s = np.sort(best_s, axis=1)
+            kth = np.partition(best_s, k - 1, axis=1)[:, k - 1]
             delta = (e + 3) * 2.0**-24 * 1.01
-            loose = np.flatnonzero(best_s[:, -1] - best_s[:, k - 1] <= 2 * delta)
+            loose = np.flatnonzero(best_s.max(axis=1) - kth <= 2 * delta)
             if len(loose):  # too close to call in single precision: scan these in double precision
                 best_i[loose] = self._scan(Eq[loose], skip[loose], kk, False)[1]
         d = neighbour_dissimilarities(Eq, self.E_, best_i, self.diss_method == "cor")
         if kk > k:
-            order = np.argsort(d, axis=1, kind="stable")[:, :k]
+            order = np.argpartition(d, k - 1, axis=1)[:, :k]
             return np.take_along_axis(best_i, order, 1), np.take_along_axis(d, order, 1)
         return best_i, d
 
     def _scan(self, Eq, skip, kk, single, reference32=None):
-        """Running top-``kk`` of the ordering score over reference blocks (see ``kneighbors``)."""
+        """Running top-``kk`` of the ordering score over reference blocks (see ``kneighbors``); a
+        library that fits in one block is instead partially sorted (``np.argpartition``), which
+        is faster than the running top-k when most references would enter it."""
         n, m = len(self.E_), len(Eq)
         step = max(kk, int(BLOCK_BYTES // (8 * max(m, 1))))
+        if n <= step:
+            return self._select(Eq, skip, kk, single, reference32)
         best_s = np.full((m, kk), np.inf)
         best_i = np.full((m, kk), -1, dtype=np.int64)
         Aq = Eq.astype(np.float32) if single else Eq
@@ -496,6 +500,27 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             nearest_update(S, r0, skip, best_s, best_i)
         return best_s, best_i
 
+    def _select(self, Eq, skip, kk, single, reference32=None):
+        """``_scan`` for a library held in one block: the ``kk`` smallest scores of each row by a
+        partial sort of the whole queries x references score matrix (at most ``BLOCK_BYTES``)."""
+        if single:
+            S = Eq.astype(np.float32) @ (self.E_.astype(np.float32) if reference32 is None else reference32).T
+            np.negative(S, out=S)
+        elif self.diss_method == "cor":
+            S = Eq @ self.E_.T
+            np.negative(S, out=S)
+        else:
+            S = Eq @ self.E_.T
+            S *= -2.0
+            S += (self.E_ * self.E_).sum(1)[None, :]
+        left_out = np.flatnonzero(skip >= 0)
+        S[left_out, skip[left_out]] = np.inf
+        if kk < S.shape[1]:
+            best_i = np.argpartition(S, kk - 1, axis=1)[:, :kk]
+        else:
+            best_i = np.tile(np.arange(S.shape[1]), (len(S), 1))
+        return np.take_along_axis(S, best_i, 1).astype(float), best_i.astype(np.int64)
+
     def _local_models(self, Xq, Eq, nb, dnb):
         """Local model of each query on its neighbours: compiled kernel PLS
         (:func:`soilcarbon.models.local_pls.local_pls_predict`), with the per-query path for
@@ -509,8 +534,11 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         n_features = p + k if predictors else p
         A = int(min(max(min(self.max_components, k - 2), 1), k - 1, n_features))
         lo = min(self.min_components, A) if self.local_method == "wapls" else A
-        rows, loc = np.unique(nb, return_inverse=True)
-        loc = loc.reshape(nb.shape)
+        position = np.zeros(len(self.X_), dtype=np.int64)
+        position[nb] = 1
+        rows = np.flatnonzero(position)  # the block's distinct neighbours
+        position[rows] = np.arange(len(rows))
+        loc = position[nb]
         u = len(rows)
         if gram_form(u, len(nb), k):  # the Gram matrix of the block's neighbours
             Xr = self.X_[rows]
@@ -530,12 +558,15 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         return out
 
     def _query_blocks(self, X, ks, leave_one_out=False):
-        """Yield ``(rows, {k: (m_b, 5) local-model results})`` for blocks of ``QUERY_BLOCK`` queries:
-        memory is bounded by the block, whatever the number of queries and references."""
+        """Yield ``(rows, {k: (m_b, 5) local-model results})`` for blocks of queries: memory is
+        bounded by the block, whatever the number of queries and references. A block holds
+        ``QUERY_BLOCK`` queries, or more for a small library, as many as make ``BLOCK_BYTES`` of
+        dissimilarities to it (so that one Gram matrix of the neighbours serves more queries)."""
         kmax = max(ks)
-        reference32 = self.E_.astype(np.float32) if self.diss_method == "cor" and len(X) > QUERY_BLOCK else None
-        for q0 in range(0, len(X), QUERY_BLOCK):
-            rows = slice(q0, min(len(X), q0 + QUERY_BLOCK))
+        size = max(QUERY_BLOCK, int(BLOCK_BYTES // (8 * max(len(self.E_), 2 * kmax))))
+        reference32 = self.E_.astype(np.float32) if self.diss_method == "cor" and len(X) > size else None
+        for q0 in range(0, len(X), size):
+            rows = slice(q0, min(len(X), q0 + size))
             Xq = X[rows]
             Eq = self.E_[rows] if leave_one_out else self._embed(Xq)
             exclude = np.arange(rows.start, rows.stop) if leave_one_out else None
