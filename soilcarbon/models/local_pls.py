@@ -228,12 +228,11 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
             wg = 0.0
             for a in range(k):
                 ga = G[li[a]]
-                s = 0.0
                 for b in range(k):
                     K[a, b] = ga[li[b]]
-                    s += K[a, b] * w[b]
-                Gw[a] = s
-                wGw += w[a] * s
+            for a in range(k):
+                Gw[a] = _dot(K[a], w)
+                wGw += w[a] * Gw[a]
                 wg += w[a] * GQ[i, li[a]]
             for a in range(k):
                 for b in range(k):

@@ -87,6 +87,8 @@ DISS_USAGES = ("weights", "none", "predictors")
 LOCAL_METHODS = ("wapls", "pls")
 BLOCK_BYTES = 32e6  # working memory of one block of query x reference dissimilarities
 QUERY_BLOCK = 256  # queries handled together (neighbour search, then their local models)
+SINGLE_MIN_RATIO = 8  # the "cor" scan runs in single precision above 8 x 2k references
+GRAM_BYTES = 64e6  # largest Gram matrix of a query block's neighbours (up to 2,828 distinct references)
 
 
 def gram_form(u, m, k):
@@ -94,10 +96,10 @@ def gram_form(u, m, k):
     them, fits its local models in the Gram form (one ``u x u`` Gram matrix by BLAS, then O(k^2)
     per query) rather than the row form (O(k^2 p) per query): when the Gram matrix has no more
     entries than the ``m`` neighbourhoods' ``k x k`` matrices together (it then costs less, and
-    BLAS runs faster than the per-query loop) and fits in ``BLOCK_BYTES``. Small libraries (up to
-    ``sqrt(m) k`` references, about 1,900 with the default 256 x 120) always take it; large ones
-    take it only where a block's neighbourhoods overlap enough."""
-    return u * u <= min(m * k * k, BLOCK_BYTES / 8)
+    BLAS runs faster than the per-query loop) and fits in ``GRAM_BYTES``. Small libraries (up to
+    2,828 references with the defaults) take it; large ones take it only where a block's
+    neighbourhoods overlap enough."""
+    return u * u <= min(m * k * k, GRAM_BYTES / 8)
 
 
 # --------------------------------------------------------------------------- local PLS
@@ -458,10 +460,12 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         m = len(Eq)
         k = min(int(k), n)
         skip = np.full(m, -1, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
-        single = self.diss_method == "cor" and 2 * k < n  # 2k candidates even when one is left out
+        # single precision pays where the references far outnumber the 2k candidates it rechecks
+        single = self.diss_method == "cor" and SINGLE_MIN_RATIO * 2 * k < n
         kk = 2 * k if single else k
         best_s, best_i = self._scan(Eq, skip, kk, single, reference32)
         if single:
+            best_s = best_s.astype(float)  # the float32 scores; their differences exact in double
             kth = np.partition(best_s, k - 1, axis=1)[:, k - 1]
             delta = (e + 3) * 2.0**-24 * 1.01
             loose = np.flatnonzero(best_s.max(axis=1) - kth <= 2 * delta)
@@ -519,7 +523,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             best_i = np.argpartition(S, kk - 1, axis=1)[:, :kk]
         else:
             best_i = np.tile(np.arange(S.shape[1]), (len(S), 1))
-        return np.take_along_axis(S, best_i, 1).astype(float), best_i.astype(np.int64)
+        return np.take_along_axis(S, best_i, 1), best_i
 
     def _local_models(self, Xq, Eq, nb, dnb):
         """Local model of each query on its neighbours: compiled kernel PLS
