@@ -275,12 +275,14 @@ def _loop_reference(mbl, Xq):
     return mbl._predict_rows_loop(Xq, Eq, D, mbl.k_)
 
 
-@pytest.fixture(params=["gram", "rows"])
+@pytest.fixture(params=["library", "block", "rows"])
 def kernel_form(request, monkeypatch):
-    """Runs a test with the compiled kernel's Gram form, then with its row form, whatever the sizes."""
+    """Runs a test with the compiled kernel's Gram form on the whole library's Gram matrix, on
+    a query block's, then with its row form, whatever the sizes."""
     import soilcarbon.models.mbl as mbl_module
 
-    monkeypatch.setattr(mbl_module, "gram_form", lambda u, m, k: request.param == "gram")
+    monkeypatch.setattr(mbl_module, "library_gram", lambda n, m, k: request.param == "library")
+    monkeypatch.setattr(mbl_module, "gram_form", lambda u, m, k: request.param != "rows")
     return request.param
 
 

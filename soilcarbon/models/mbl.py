@@ -102,6 +102,12 @@ def gram_form(u, m, k):
     return u * u <= min(m * k * k, GRAM_BYTES / 8)
 
 
+def library_gram(n, m, k):
+    """Whether a call with ``m`` queries forms the Gram matrix of the whole library of ``n``
+    references once (when :func:`gram_form` holds for it), for all its query blocks."""
+    return gram_form(n, m, k)
+
+
 # --------------------------------------------------------------------------- local PLS
 
 
@@ -525,11 +531,19 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             best_i = np.tile(np.arange(S.shape[1]), (len(S), 1))
         return np.take_along_axis(S, best_i, 1), best_i
 
-    def _local_models(self, Xq, Eq, nb, dnb):
+    def _library_gram(self):
+        """``(c, Xr, G)``: the library centred on its mean and its Gram matrix (see ``_local_models``)."""
+        c = self.X_.mean(axis=0)
+        Xr = self.X_ - c
+        return c, Xr, Xr @ Xr.T
+
+    def _local_models(self, Xq, Eq, nb, dnb, gram=None):
         """Local model of each query on its neighbours: compiled kernel PLS
         (:func:`soilcarbon.models.local_pls.local_pls_predict`), with the per-query path for
         ``scale=True`` (local column scaling has no kernel form here) and for queries whose
-        local NIPALS stops early."""
+        local NIPALS stops early. The kernel takes its Gram form with ``gram`` (the whole
+        library's, from ``_library_gram``) or with the Gram matrix of the block's distinct
+        neighbours where :func:`gram_form` says it pays, else its row form."""
         if self.scale:
             return self._local_loop(Xq, Eq, nb, dnb)
         k = nb.shape[1]
@@ -538,18 +552,22 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         n_features = p + k if predictors else p
         A = int(min(max(min(self.max_components, k - 2), 1), k - 1, n_features))
         lo = min(self.min_components, A) if self.local_method == "wapls" else A
-        position = np.zeros(len(self.X_), dtype=np.int64)
-        position[nb] = 1
-        rows = np.flatnonzero(position)  # the block's distinct neighbours
-        position[rows] = np.arange(len(rows))
-        loc = position[nb]
-        u = len(rows)
-        if gram_form(u, len(nb), k):  # the Gram matrix of the block's neighbours
-            Xr = self.X_[rows]
-            c = Xr.mean(axis=0)
-            Xr -= c
+        if gram is None:
+            position = np.zeros(len(self.X_), dtype=np.int64)
+            position[nb] = 1
+            rows = np.flatnonzero(position)  # the block's distinct neighbours
+            if gram_form(len(rows), len(nb), k):  # the Gram matrix of the block's neighbours
+                position[rows] = np.arange(len(rows))
+                Xr = self.X_[rows]
+                c = Xr.mean(axis=0)
+                Xr -= c
+                gram, loc = (c, Xr, Xr @ Xr.T), position[nb]
+        else:
+            loc = nb
+        if gram is not None:
+            c, Xr, G = gram
             xq = Xq - c
-            G, GQ, xx0 = Xr @ Xr.T, xq @ Xr.T, np.einsum("ij,ij->i", xq, xq)
+            GQ, xx0 = xq @ Xr.T, np.einsum("ij,ij->i", xq, xq)
         else:
             G, loc, GQ, xx0 = np.empty((0, 0)), np.empty((0, 0), dtype=np.int64), np.empty((0, 0)), np.empty(0)
         out, bad = local_pls_predict(
@@ -569,6 +587,9 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         kmax = max(ks)
         size = max(QUERY_BLOCK, int(BLOCK_BYTES // (8 * max(len(self.E_), 2 * kmax))))
         reference32 = self.E_.astype(np.float32) if self.diss_method == "cor" and len(X) > size else None
+        n = len(self.X_)
+        whole = not self.scale and n * n * 8 <= GRAM_BYTES and library_gram(n, len(X), max(ks))
+        gram = self._library_gram() if whole else None  # formed once per call, for every block
         for q0 in range(0, len(X), size):
             rows = slice(q0, min(len(X), q0 + size))
             Xq = X[rows]
@@ -579,7 +600,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
                 order = np.argsort(dnb, axis=1, kind="stable")
                 nb, dnb = np.take_along_axis(nb, order, 1), np.take_along_axis(dnb, order, 1)
             yield rows, {
-                k: self._local_models(Xq, Eq, np.ascontiguousarray(nb[:, :k]), np.ascontiguousarray(dnb[:, :k]))
+                k: self._local_models(Xq, Eq, np.ascontiguousarray(nb[:, :k]), np.ascontiguousarray(dnb[:, :k]), gram)
                 for k in ks
             }
 
