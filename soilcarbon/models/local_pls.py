@@ -251,10 +251,8 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
                 row = X[idx[a]]
                 for j in range(p):
                     Xc[a, j] = sw[a] * (row[j] - xm[j])
+            np.dot(Xc, Xc.T, K)  # BLAS: the largest product of the row form
             for a in range(k):
-                for b in range(a + 1):
-                    K[a, b] = _dot(Xc[a], Xc[b])
-                    K[b, a] = K[a, b]
                 kq[a] = _dot(Xc[a], xz)
             xx = _dot(xz, xz)
         if predictors:  # dissimilarities among the neighbours as k extra predictors
