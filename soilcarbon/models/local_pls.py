@@ -2,7 +2,8 @@
 
 For each query the neighbours' predictors are gathered from the reference set, centred on
 their weighted mean and weighted, ``Xc = S (X_nb - 1 x_m')`` with ``S = diag(sqrt(k w))``, their
-k x k Gram matrix ``K = Xc Xc'`` is formed, and PLS1 runs in kernel form (Lindgren et al., 1993;
+k x k Gram matrix ``K = Xc Xc'`` is formed (by BLAS; or, in the Gram form, gathered from a Gram
+matrix the caller formed once for many queries and centred and weighted there), and PLS1 runs in kernel form (Lindgren et al., 1993;
 Rannar et al., 1994): each component costs one k x k matrix-vector product instead of several
 k x p products. The algebra is that of the per-query reference path
 (:func:`soilcarbon.models.mbl.pls1_nipals` followed by Shenk et al.'s wapls weights); the query

@@ -48,7 +48,13 @@ local model is fitted in the kernel form of NIPALS, compiled with numba
 (:mod:`soilcarbon.models.local_pls`), from its k neighbours alone. No n x n or queries x
 references matrix is formed, so the compiled path is used at any library size and memory does
 not grow with it; the leave-one-out choice of ``k`` and the ``"opc"`` component count are
-blockwise too. Nothing is cached: ``predict`` reads only the fitted attributes. The compiled
+blockwise too. For small libraries the cheapest exact path is chosen by size, within the same
+bounds: a library that fits in one block is partially sorted instead of scanned, in double
+precision below ``8 x 2k`` references; query blocks grow to ``BLOCK_BYTES`` of dissimilarities;
+and the local models take the kernel's Gram form (:func:`gram_form`, :func:`library_gram`): one
+Gram matrix of the library (up to ``GRAM_BYTES``, 2,828 references), formed once per ``predict``
+call, or of a query block's distinct neighbours, from which each neighbourhood's k x k matrix is
+gathered. Nothing is cached: ``predict`` reads only the fitted attributes. The compiled
 path equals the per-query NIPALS (``_predict_rows_loop``, kept as reference) to about 1e-11 on
 NIR data; the per-query path remains for ``scale=True`` (local column scaling has no kernel
 form here) and for queries whose local NIPALS stops early.
