@@ -444,3 +444,25 @@ def test_predict_memory_does_not_grow_with_queries_times_references(nirsoil, mon
     full_matrix = len(Xq) * len(Xr) * 8
     assert peak < 0.15 * full_matrix, f"peak {peak / 1e6:.1f} MB"
     np.testing.assert_allclose(pred[:300], one_block, rtol=1e-12)
+
+
+def test_small_library_forms_its_gram_matrix_once_per_call_and_large_one_never(nirsoil, monkeypatch):
+    """The speed of small libraries (issue 9: no slower than the cached Gram matrix of the old
+    code) without state: one Gram matrix of the library per predict call, none for a library
+    above GRAM_BYTES; the predictions equal the row form's."""
+    import soilcarbon.models.mbl as mbl_module
+
+    calls = []
+    original = MemoryBasedLearner._library_gram
+    monkeypatch.setattr(MemoryBasedLearner, "_library_gram", lambda self: calls.append(len(self.X_)) or original(self))
+    X, y = nirsoil
+    Xq, _ = _library(nirsoil, 600, seed=3)
+    mbl = MemoryBasedLearner().fit(X, y)
+    fast = mbl.predict(Xq)
+    assert calls == [len(X)]
+    large = MemoryBasedLearner(k=60, max_components=10).fit(*_library(nirsoil, 3000))
+    large.predict(Xq[:300])
+    assert calls == [len(X)]  # 3,000^2 doubles exceed GRAM_BYTES
+    monkeypatch.setattr(mbl_module, "gram_form", lambda u, m, k: False)
+    np.testing.assert_allclose(mbl.predict(Xq), fast, rtol=1e-9)
+    assert calls == [len(X)]
