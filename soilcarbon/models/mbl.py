@@ -458,8 +458,9 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         (:func:`soilcarbon.models.local_pls.nearest_update`) of a score that orders references
         as the dissimilarity does (``-r`` for ``"cor"``, ``|b|^2 - 2 a.b`` otherwise), so memory
         stays bounded whatever the size of the reference set; the dissimilarities of the
-        selected neighbours are then computed exactly. For ``"cor"`` the scan runs in single
-        precision and keeps ``2 k`` candidates: the rounding error of a float32 product of two
+        selected neighbours are then computed exactly. For ``"cor"`` with more than
+        ``SINGLE_MIN_RATIO x 2k`` references the scan runs in single precision and keeps ``2 k``
+        candidates: the rounding error of a float32 product of two
         rows of norm <= 1 is below ``delta = (e + 3) u`` (``u = 2^-24``, Higham 2002, sec. 3.1),
         so when the ``2k``-th candidate's score exceeds the ``k``-th one's by more than
         ``2 delta`` the exact top k are among the candidates; queries where it does not are
