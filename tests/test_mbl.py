@@ -275,12 +275,24 @@ def _loop_reference(mbl, Xq):
     return mbl._predict_rows_loop(Xq, Eq, D, mbl.k_)
 
 
+@pytest.fixture(params=["library", "block", "rows"])
+def kernel_form(request, monkeypatch):
+    """Runs a test with the compiled kernel's Gram form on the whole library's Gram matrix, on
+    a query block's, then with its row form, whatever the sizes."""
+    import soilcarbon.models.mbl as mbl_module
+
+    monkeypatch.setattr(mbl_module, "library_gram", lambda n, m, k: request.param == "library")
+    monkeypatch.setattr(mbl_module, "gram_form", lambda u, m, k: request.param != "rows")
+    return request.param
+
+
 @pytest.mark.parametrize("local_method", ["wapls", "pls"])
 @pytest.mark.parametrize("diss_usage", ["weights", "none", "predictors"])
 @pytest.mark.parametrize("diss_method", ["cor", "pca", "pls", "euclid"])
-def test_compiled_prediction_equals_per_query_local_models(nirsoil, diss_method, diss_usage, local_method):
+def test_compiled_prediction_equals_per_query_local_models(nirsoil, diss_method, diss_usage, local_method, kernel_form):
     """The compiled kernel-form local PLS gives the per-query NIPALS results, on real NIR
-    spectra and on the synthetic two-cluster problem, for every option combination."""
+    spectra and on the synthetic two-cluster problem, for every option combination, in the
+    Gram form (small libraries) and in the row form (large ones)."""
     X, y = nirsoil
     rng = np.random.default_rng(1)
     Xq = X[rng.choice(len(X), 12)] + rng.normal(0, 0.02 * X.std(), size=(12, X.shape[1]))
@@ -296,7 +308,7 @@ def test_compiled_prediction_equals_per_query_local_models(nirsoil, diss_method,
         np.testing.assert_allclose(mbl.predict(query), expected[:, 0], rtol=1e-8)
 
 
-def test_compiled_default_model_equals_per_query_path_on_real_data(nirsoil):
+def test_compiled_default_model_equals_per_query_path_on_real_data(nirsoil, kernel_form):
     X, y = nirsoil
     mbl = MemoryBasedLearner().fit(X[:400], y[:400])
     expected = _loop_reference(mbl, X[400:460])
@@ -305,7 +317,7 @@ def test_compiled_default_model_equals_per_query_path_on_real_data(nirsoil):
     assert np.abs(got[:, 0] - expected[:, 0]).max() < 1e-8 * np.abs(expected[:, 0]).max()
 
 
-def test_neighbourhoods_with_constant_response_fall_back_to_the_mean():
+def test_neighbourhoods_with_constant_response_fall_back_to_the_mean(kernel_form):
     """Where every neighbour has the same response NIPALS stops at zero components; the
     compiled path hands those queries to the per-query path, which predicts the constant."""
     X, y = two_cluster_problem(n=120, p=30)
@@ -317,9 +329,10 @@ def test_neighbourhoods_with_constant_response_fall_back_to_the_mean():
     np.testing.assert_allclose(info.to_numpy(), _loop_reference(mbl, Xq), rtol=1e-8, atol=1e-12)
 
 
-def test_k_choice_by_leave_one_out_uses_the_same_local_models():
+@pytest.mark.parametrize("ks", [[15, 40], [20, 50]])  # 2 x 50 = n: no room for 2k single-precision candidates
+def test_k_choice_by_leave_one_out_uses_the_same_local_models(ks):
     X, y = two_cluster_problem(n=100, p=30)
-    mbl = MemoryBasedLearner(k=[15, 40], min_components=2, max_components=6).fit(X, y)
+    mbl = MemoryBasedLearner(k=ks, min_components=2, max_components=6).fit(X, y)
     D = mbl._pairwise(mbl.E_, mbl.E_, "cor")
     np.fill_diagonal(D, np.inf)
     for k, rmse_k in mbl.k_validation_rmse_.items():
@@ -327,13 +340,129 @@ def test_k_choice_by_leave_one_out_uses_the_same_local_models():
         assert rmse_k == pytest.approx(rmse(loop, y), rel=1e-9)
 
 
-def test_fitted_model_pickles_without_its_gram_cache():
+def test_predict_keeps_no_hidden_state_and_pickles_unchanged():
+    """Issue 9: predict reads the fitted attributes only; nothing is added to the instance."""
     import pickle
 
     X, y = two_cluster_problem(n=80, p=20)
-    mbl = MemoryBasedLearner(k=20, max_components=5).fit(X, y)
+    mbl = MemoryBasedLearner(k=20, max_components=5, diss_usage="predictors").fit(X, y)
+    state = {key: (id(v), np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for key, v in mbl.__dict__.items()}
     before = mbl.predict(X[:5])
-    assert "_gram" in mbl.__dict__
+    assert set(mbl.__dict__) == set(state)
+    for key, (ident, value) in state.items():
+        assert id(mbl.__dict__[key]) == ident
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(mbl.__dict__[key], value)
     twin = pickle.loads(pickle.dumps(mbl))
-    assert "_gram" not in twin.__dict__
     np.testing.assert_array_equal(twin.predict(X[:5]), before)
+
+
+# ----------------------------------------------------------------------------- library scale
+
+
+def _load_reference_problem():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_mbl_reference", Path(__file__).parent / "data" / "make_mbl_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_predictions_equal_those_of_the_code_before_the_blockwise_rewrite(shared_data, kernel_form):
+    """Stored results of main @ 733f403 (full distance matrices, cached reference Gram) on
+    NIRsoil: the blockwise neighbour search and per-neighbourhood kernel give them to 1e-8."""
+    module = _load_reference_problem()
+    expected = np.load(Path(__file__).parent / "data" / "mbl_reference.npz")
+    X, y, Q = module.reference_problem()
+    for name, params in module.CONFIGS.items():
+        mbl = MemoryBasedLearner(**params).fit(X, y)
+        assert [mbl.k_, mbl.diss_components_] == expected[name + "/k"].tolist(), name
+        if name + "/k_rmse" in expected:
+            got = np.array(sorted(mbl.k_validation_rmse_.items()), float)
+            np.testing.assert_allclose(got, expected[name + "/k_rmse"], rtol=1e-8, err_msg=name)
+        info = mbl.predict_with_info(Q).to_numpy()
+        want = expected[name + "/info"]
+        np.testing.assert_allclose(info[:, 0], want[:, 0], rtol=1e-8, atol=0, err_msg=name)
+        np.testing.assert_allclose(info, want, rtol=1e-8, atol=1e-8 * np.abs(want).max(), err_msg=name)
+
+
+def _library(nirsoil, n, seed=0):
+    """n spectra resampled from NIRsoil with small noise (2 % of the spectral sd), and their y."""
+    X, y = nirsoil
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(X), n)
+    return X[rows] + rng.normal(0, 0.02 * X.std(), size=(n, X.shape[1])), y[rows] + rng.normal(0, 0.05, n)
+
+
+def test_blockwise_neighbours_are_the_exact_nearest(nirsoil, monkeypatch):
+    import soilcarbon.models.mbl as mbl_module
+
+    Xr, yr = _library(nirsoil, 1500)
+    Xq, _ = _library(nirsoil, 300, seed=1)
+    for method, block_bytes in (("cor", 50 * 300 * 8), ("pca", 50 * 300 * 8), ("cor", 1e9), ("pca", 1e9)):
+        mbl = MemoryBasedLearner(k=50, diss_method=method, diss_components=8).fit(Xr, yr)
+        Eq = mbl._embed(Xq)
+        D = mbl._pairwise(Eq, mbl.E_, method)
+        # reference blocks of 50 rows (running top-k), or the whole library in one block (partial sort)
+        monkeypatch.setattr(mbl_module, "BLOCK_BYTES", block_bytes)
+        nb, dn = mbl.kneighbors(Eq, 50)
+        np.testing.assert_array_equal(np.sort(nb, axis=1), np.sort(np.argpartition(D, 49, axis=1)[:, :50], axis=1))
+        np.testing.assert_allclose(dn, np.take_along_axis(D, nb, axis=1), rtol=1e-12, atol=1e-13)  # rounding
+        # leave-one-out: a reference sample is never its own neighbour
+        nb_self, _ = mbl.kneighbors(mbl.E_[:100], 10, exclude=np.arange(100))
+        assert not (nb_self == np.arange(100)[:, None]).any()
+        monkeypatch.undo()
+    # 300 copies of one spectrum: the single-precision scan cannot separate them, the double one does
+    Xt = np.vstack([Xr[:1200], np.repeat(Xr[:1], 300, axis=0)])
+    mbl = MemoryBasedLearner(k=50).fit(Xt, yr[: len(Xt)])
+    Eq = mbl._embed(np.vstack([Xr[:1] + 1e-4 * Xr.std(), Xq[:20]]))
+    nb, dn = mbl.kneighbors(Eq, 50)
+    D = mbl._pairwise(Eq, mbl.E_, "cor")
+    np.testing.assert_allclose(np.sort(dn, axis=1), np.sort(D, axis=1)[:, :50], rtol=1e-12, atol=1e-13)
+    assert set(nb[0]) <= set(range(1200, 1500)) | {0}
+
+
+def test_predict_memory_does_not_grow_with_queries_times_references(nirsoil, monkeypatch):
+    """4,000 references x 2,000 queries: a full dissimilarity matrix would take 64 MB (and the
+    old path a Gram and a product matrix more); blockwise prediction peaks at a few MB and gives
+    the same predictions as with one big block."""
+    import tracemalloc
+
+    import soilcarbon.models.mbl as mbl_module
+
+    Xr, yr = _library(nirsoil, 4000)
+    Xq, _ = _library(nirsoil, 2000, seed=1)
+    mbl = MemoryBasedLearner(k=60, max_components=10).fit(Xr, yr)
+    one_block = mbl.predict(Xq[:300])  # also compiles the kernel before measuring
+    monkeypatch.setattr(mbl_module, "BLOCK_BYTES", 2e6)
+    monkeypatch.setattr(mbl_module, "QUERY_BLOCK", 64)
+    tracemalloc.start()
+    pred = mbl.predict(Xq)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    full_matrix = len(Xq) * len(Xr) * 8
+    assert peak < 0.15 * full_matrix, f"peak {peak / 1e6:.1f} MB"
+    np.testing.assert_allclose(pred[:300], one_block, rtol=1e-12)
+
+
+def test_small_library_forms_its_gram_matrix_once_per_call_and_large_one_never(nirsoil, monkeypatch):
+    """The speed of small libraries (issue 9: no slower than the cached Gram matrix of the old
+    code) without state: one Gram matrix of the library per predict call, none for a library
+    above GRAM_BYTES; the predictions equal the row form's."""
+    import soilcarbon.models.mbl as mbl_module
+
+    calls = []
+    original = MemoryBasedLearner._library_gram
+    monkeypatch.setattr(MemoryBasedLearner, "_library_gram", lambda self: calls.append(len(self.X_)) or original(self))
+    X, y = nirsoil
+    Xq, _ = _library(nirsoil, 600, seed=3)
+    mbl = MemoryBasedLearner().fit(X, y)
+    fast = mbl.predict(Xq)
+    assert calls == [len(X)]
+    large = MemoryBasedLearner(k=60, max_components=10).fit(*_library(nirsoil, 3000))
+    large.predict(Xq[:300])
+    assert calls == [len(X)]  # 3,000^2 doubles exceed GRAM_BYTES
+    monkeypatch.setattr(mbl_module, "gram_form", lambda u, m, k: False)
+    np.testing.assert_allclose(mbl.predict(Xq), fast, rtol=1e-9)
+    assert calls == [len(X)]

@@ -1,12 +1,16 @@
 """Compiled local PLS1 for memory-based learning: one kernel-form NIPALS per query (numba).
 
-For each query the k x k Gram matrix of its neighbours is gathered from the reference Gram
-matrix ``G`` (globally centred spectra), centred and weighted locally,
-``K = S (I - 1w') G (I - w1') S`` with ``S = diag(sqrt(k w))``, and PLS1 runs in kernel form
-(Lindgren et al., 1993; Rannar et al., 1994): each component costs one k x k matrix-vector
-product instead of several k x p products. The algebra is that of the per-query reference path
-(:func:`soilcarbon.models.mbl.pls1_nipals` followed by Shenk et al.'s wapls weights); the
-query enters only through its products with the neighbours ``gq`` and its squared norm.
+For each query the neighbours' predictors are gathered from the reference set, centred on
+their weighted mean and weighted, ``Xc = S (X_nb - 1 x_m')`` with ``S = diag(sqrt(k w))``, their
+k x k Gram matrix ``K = Xc Xc'`` is formed (by BLAS; or, in the Gram form, gathered from a Gram
+matrix the caller formed once for many queries and centred and weighted there), and PLS1 runs in kernel form (Lindgren et al., 1993;
+Rannar et al., 1994): each component costs one k x k matrix-vector product instead of several
+k x p products. The algebra is that of the per-query reference path
+(:func:`soilcarbon.models.mbl.pls1_nipals` followed by Shenk et al.'s wapls weights); the query
+enters only through its products with the centred neighbours and its squared norm. Nothing of
+size n x n or m x n is formed: the work and memory per query depend on k and p only, so the
+speed does not depend on the size of the reference set (the neighbour search, blockwise with
+:func:`nearest_update`, is the only part that grows with it).
 
 In NIPALS terms, with ``yd`` the deflated response: ``|X'yd|^2 = yd'K yd``,
 ``t = Pi K yd / |X'yd|`` (``Pi`` removes the earlier scores), ``P'W = D^-1 T'(K U)``,
@@ -14,8 +18,8 @@ In NIPALS terms, with ``yd`` the deflated response: ``|X'yd|^2 = yd'K yd``,
 ``K t_a = (K yd_a - K yd_a+1) / q_a``.
 
 Each query's matrices stay in the core's cache, which is why a compiled loop over queries is
-about twice as fast as the same algebra batched across queries in NumPy (10,500 against 4,700
-spectra/s on one core; ``benchmarks/bench_mbl.py`` prints the rate against the per-query path).
+faster than the same algebra batched across queries in NumPy (``benchmarks/bench_mbl.py``
+prints the rate against the per-query path and across reference-set sizes).
 Queries whose local NIPALS stops early (fewer components than asked) or comes out non-finite
 are flagged ``bad``; the caller recomputes them with the reference path.
 
@@ -53,53 +57,121 @@ def _matvec(M, x, out):
         out[r] = s
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _gather(M, idx, out):
-    """``out = M[idx][:, idx]`` in place."""
-    for a in range(idx.shape[0]):
-        row = idx[a]
-        for b in range(idx.shape[0]):
-            out[a, b] = M[row, idx[b]]
+@njit(cache=True, nogil=True)
+def nearest_update(D, offset, self_index, best_d, best_i):
+    """Running exact top-k: merge a block of dissimilarities into per-query max-heaps.
+
+    ``D`` (m, r) holds the dissimilarities of m queries to reference samples
+    ``offset .. offset + r - 1``; ``best_d`` / ``best_i`` (m, k) are max-heaps (largest
+    dissimilarity at position 0; start them at ``inf`` / ``-1``) of the k smallest
+    dissimilarities seen so far and their reference indices. ``self_index`` (m,) gives a
+    reference index to skip per query (leave-one-out; ``-1`` skips nothing). Each block costs one
+    comparison per entry and a heap update only for entries that enter the top k, so a
+    library of any size is searched in blocks of bounded memory. NaN entries are never kept.
+    """
+    m, r = D.shape
+    k = best_d.shape[1]
+    for i in range(m):
+        hd = best_d[i]
+        hi = best_i[i]
+        skip = self_index[i] - offset
+        limit = hd[0]  # the current k-th smallest, kept in a register
+        for j in range(r):
+            d = D[i, j]
+            if not d < limit or j == skip:
+                continue
+            pos = 0
+            while True:  # sift the new entry down from the root
+                left = 2 * pos + 1
+                if left >= k:
+                    break
+                child = left
+                if left + 1 < k and hd[left + 1] > hd[left]:
+                    child = left + 1
+                if hd[child] <= d:
+                    break
+                hd[pos] = hd[child]
+                hi[pos] = hi[child]
+                pos = child
+            hd[pos] = d
+            hi[pos] = j + offset
+            limit = hd[0]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def local_pls_predict(G, D, nb, y, GQ, xx0, n_components, n_features, lo, wapls, tricube, Dref):
+def neighbour_dissimilarities(Eq, E, nb, cor):
+    """Dissimilarities of each query (row of ``Eq``) to its candidate neighbours ``E[nb[i]]``:
+    ``sqrt((1 - r) / 2)`` of the product ``r`` (clipped to [-1, 1]) when ``cor``, else the
+    Euclidean distance ``sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0))``, as ``MemoryBasedLearner._pairwise``."""
+    m, kk = nb.shape
+    out = np.empty((m, kk))
+    for i in range(m):
+        qq = _dot(Eq[i], Eq[i])
+        for a in range(kk):
+            row = E[nb[i, a]]
+            r = _dot(Eq[i], row)
+            if cor:
+                out[i, a] = np.sqrt(min(max(r, -1.0), 1.0) * -0.5 + 0.5)
+            else:
+                out[i, a] = np.sqrt(max(qq + _dot(row, row) - 2.0 * r, 0.0))
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, cor, G, loc, GQ, xx0):
     """Local PLS1 prediction of each query from its neighbours, with neighbourhood statistics.
 
-    Parameters (m queries, k neighbours each, n reference samples)
+    Parameters (m queries, k neighbours each, n reference samples, p predictors)
     ----------
-    G : (n, n) Gram matrix of the globally centred reference predictors.
-    D : (m, n) dissimilarities of the queries to the reference samples.
-    nb : (m, k) indices of each query's neighbours (any order).
-    y : (n,) reference response.
-    GQ : (m, n) products of the (globally centred) queries with the reference samples.
-    xx0 : (m,) squared norms of the globally centred queries.
+    X : (n, p) reference predictors; y : (n,) reference response.
+    Xq : (m, p) queries.
+    nb : (m, k) indices of each query's neighbours (any order); dnb : (m, k) their dissimilarities.
     n_components : components of the local models; lo : smallest one averaged by wapls (1-based).
-    n_features : number of local predictors (for the root mean squares of the wapls weights).
     wapls : weighted average over lo..n_components components (else the last one only).
     tricube : weight the neighbours by ``(1 - (d / d_max)^3)^3`` (floored at 1e-6), else equally.
-    Dref : for ``diss_usage="predictors"``, the (n, n) reference dissimilarity matrix, whose
-        neighbourhood block (and the query's dissimilarities) become extra local predictors;
-        a (0, 0) array otherwise.
+    E : for ``diss_usage="predictors"``, the (n, e) reference embedding: the dissimilarities
+        among the neighbours (and of the query to them) become k extra local predictors,
+        ``sqrt((1 - r) / 2)`` of the embedded rows' product ``r`` when ``cor``, else their
+        Euclidean distance; a (0, 0) array otherwise.
+    G, loc, GQ, xx0 : the Gram form, or (0, 0) arrays (and ``xx0`` of length 0) for the row form.
+        ``G`` (u, u) is the Gram matrix of ``u`` reference rows centred on a common vector ``c``
+        (in practice the union of the block's neighbourhoods), ``loc`` (m, k) gives the position
+        in ``G`` of each entry of ``nb``, ``GQ`` (m, u) the products of the centred queries with
+        those rows and ``xx0`` (m,) the squared norms of the centred queries. Each neighbourhood's
+        ``K`` is then gathered from ``G`` and centred and weighted there (O(k^2) per query instead
+        of the row form's O(k^2 p)); ``X`` and ``Xq`` are not read.
+
+    Memory is that of one neighbourhood (k x p and k x k), whatever n and m are (plus the
+    caller's ``G`` in the Gram form).
 
     Returns ``(out, bad)``: ``out`` (m, 5) holds the prediction, the mean and the smallest
     dissimilarity to the neighbours, the spread of the wapls component predictions and the
     standard deviation of the neighbours' response; ``bad`` flags queries to recompute.
     """
     m, k = nb.shape
+    p = X.shape[1]
+    predictors = E.shape[0] > 0
+    gram = G.shape[0] > 0
+    n_features = p + k if predictors else p
     A = n_components
     out = np.zeros((m, 5))
     bad = np.zeros(m, dtype=np.bool_)
     idx = np.empty(k, dtype=nb.dtype)
     K = np.empty((k, k))
+    Xc = np.empty((k, p))
     Dn = np.empty((k, k))
+    xm = np.empty(p)
+    xz = np.empty(p)
+    dm = np.empty(k)
+    dz = np.empty(k)
+    en = np.empty(k)
     dn = np.empty(k)
     w = np.empty(k)
-    gq = np.empty(k)
-    Gw = np.empty(k)
     sw = np.empty(k)
     yd = np.empty(k)
     kq = np.empty(k)
+    li = np.empty(k, dtype=loc.dtype)
+    Gw = np.empty(k)
     U = np.empty((A, k))
     V = np.empty((A, k))
     T = np.empty((A, k))
@@ -116,18 +188,20 @@ def local_pls_predict(G, D, nb, y, GQ, xx0, n_components, n_features, lo, wapls,
     pxz = np.empty(A)
     preds = np.empty(A)
     for i in range(m):
-        # the neighbourhood, in index order (rows of G are then read in order)
-        idx[:] = np.sort(nb[i])
+        # the neighbourhood, in index order (rows of X are then read in order)
+        order = np.argsort(nb[i])
         dmax = 0.0
         dmin = np.inf
         dsum = 0.0
         for a in range(k):
-            d = D[i, idx[a]]
+            idx[a] = nb[i, order[a]]
+            if gram:
+                li[a] = loc[i, order[a]]
+            d = dnb[i, order[a]]
             dn[a] = d
             dmax = max(dmax, d)
             dmin = min(dmin, d)
             dsum += d
-            gq[a] = GQ[i, idx[a]]
         wsum = 0.0
         for a in range(k):
             if tricube:
@@ -139,6 +213,7 @@ def local_pls_predict(G, D, nb, y, GQ, xx0, n_components, n_features, lo, wapls,
         for a in range(k):
             w[a] /= wsum
             ym += w[a] * y[idx[a]]
+            sw[a] = np.sqrt(w[a] * k)
         yvar = 0.0
         ymean = 0.0
         for a in range(k):
@@ -149,33 +224,72 @@ def local_pls_predict(G, D, nb, y, GQ, xx0, n_components, n_features, lo, wapls,
         out[i, 1] = dsum / k
         out[i, 2] = dmin
         out[i, 4] = np.sqrt(yvar / (k - 1))
-        # the neighbours' Gram matrix, centred and weighted locally
-        _gather(G, idx, K)
-        xq2 = xx0[i]
-        if Dref.shape[0] > 0:  # dissimilarities as extra predictors: K += Dn Dn', gq += Dn dn
-            _gather(Dref, idx, Dn)
+        if gram:  # K gathered from G, then centred on the weighted mean and weighted
+            wGw = 0.0
+            wg = 0.0
+            for a in range(k):
+                ga = G[li[a]]
+                for b in range(k):
+                    K[a, b] = ga[li[b]]
+            for a in range(k):
+                Gw[a] = _dot(K[a], w)
+                wGw += w[a] * Gw[a]
+                wg += w[a] * GQ[i, li[a]]
             for a in range(k):
                 for b in range(k):
+                    K[a, b] = sw[a] * sw[b] * (K[a, b] - Gw[a] - Gw[b] + wGw)
+                kq[a] = sw[a] * (GQ[i, li[a]] - Gw[a] - (wg - wGw))
+            xx = xx0[i] - 2.0 * wg + wGw
+        else:  # the neighbours' predictors, centred on their weighted mean and weighted: K = Xc Xc'
+            xm[:] = 0.0
+            for a in range(k):
+                row = X[idx[a]]
+                for j in range(p):
+                    xm[j] += w[a] * row[j]
+            for j in range(p):
+                xz[j] = Xq[i, j] - xm[j]
+            for a in range(k):
+                row = X[idx[a]]
+                for j in range(p):
+                    Xc[a, j] = sw[a] * (row[j] - xm[j])
+            np.dot(Xc, Xc.T, K)  # BLAS: the largest product of the row form
+            for a in range(k):
+                kq[a] = _dot(Xc[a], xz)
+            xx = _dot(xz, xz)
+        if predictors:  # dissimilarities among the neighbours as k extra predictors
+            for a in range(k):
+                en[a] = _dot(E[idx[a]], E[idx[a]])
+            for a in range(k):
+                Dn[a, a] = 0.0
+                for b in range(a):
+                    r = _dot(E[idx[a]], E[idx[b]])
+                    if cor:
+                        d = np.sqrt(0.5 - 0.5 * min(max(r, -1.0), 1.0))
+                    else:
+                        d = np.sqrt(max(en[a] + en[b] - 2.0 * r, 0.0))
+                    Dn[a, b] = d
+                    Dn[b, a] = d
+            for b in range(k):
+                s = 0.0
+                for a in range(k):
+                    s += w[a] * Dn[a, b]
+                dm[b] = s
+                dz[b] = dn[b] - s
+            for a in range(k):
+                for b in range(k):
+                    Dn[a, b] = sw[a] * (Dn[a, b] - dm[b])
+            for a in range(k):
+                for b in range(a + 1):
                     K[a, b] += _dot(Dn[a], Dn[b])
-                gq[a] += _dot(Dn[a], dn)
-            xq2 += _dot(dn, dn)
-        wGw = 0.0
-        wg = 0.0
-        for a in range(k):
-            Gw[a] = _dot(K[a], w)
-            wGw += w[a] * Gw[a]
-            wg += w[a] * gq[a]
-            sw[a] = np.sqrt(w[a] * k)
+                    K[b, a] = K[a, b]
+                kq[a] += _dot(Dn[a], dz)
+            xx += _dot(dz, dz)
         trK = 0.0
         ynorm = 0.0
         for a in range(k):
-            for b in range(k):
-                K[a, b] = sw[a] * sw[b] * (K[a, b] - Gw[a] - Gw[b] + wGw)
             trK += K[a, a]
-            kq[a] = sw[a] * (gq[a] - Gw[a] - (wg - wGw))
             yd[a] = (y[idx[a]] - ym) * sw[a]
             ynorm += yd[a] * yd[a]
-        xx = xq2 - 2.0 * wg + wGw
         tol = 1e-10 * max(np.sqrt(max(trK, 0.0)), 1e-300) * max(np.sqrt(ynorm), 1e-300)
         # kernel NIPALS
         failed = False

@@ -41,14 +41,23 @@ a plain NIPALS written here because scikit-learn's ``PLSRegression`` validates a
 every call and is several times slower for the hundreds of tiny local fits one prediction
 needs (the results agree to 1e-10, see the tests).
 
-Speed: ``predict`` fits every query's local model in the kernel form of NIPALS, compiled with
-numba (:mod:`soilcarbon.models.local_pls`): the k x k Gram matrix of each neighbourhood is
-gathered from the reference Gram matrix (computed once per fitted model, not pickled), centred
-and weighted there, and each PLS component costs one k x k product. It equals the per-query
-NIPALS (``_predict_rows_loop``, kept as reference) to about 1e-11 on NIR data. The per-query
-path remains for ``scale=True`` (local column scaling cannot be expressed on a shared Gram
-matrix), for reference sets above ``_GRAM_MAX_BYTES`` (n ~ 5,700) and for queries whose local
-NIPALS stops early.
+Speed and memory: queries are handled in blocks of ``QUERY_BLOCK``; each block's exact ``k``
+nearest references are found by scanning the reference set in blocks of ``BLOCK_BYTES`` of
+dissimilarities with a running top-k (:meth:`MemoryBasedLearner.kneighbors`), and every query's
+local model is fitted in the kernel form of NIPALS, compiled with numba
+(:mod:`soilcarbon.models.local_pls`), from its k neighbours alone. No n x n or queries x
+references matrix is formed, so the compiled path is used at any library size and memory does
+not grow with it; the leave-one-out choice of ``k`` and the ``"opc"`` component count are
+blockwise too. For small libraries the cheapest exact path is chosen by size, within the same
+bounds: a library that fits in one block is partially sorted instead of scanned, in double
+precision below ``8 x 2k`` references; query blocks grow to ``BLOCK_BYTES`` of dissimilarities;
+and the local models take the kernel's Gram form (:func:`gram_form`, :func:`library_gram`): one
+Gram matrix of the library (up to ``GRAM_BYTES``, 2,828 references), formed once per ``predict``
+call, or of a query block's distinct neighbours, from which each neighbourhood's k x k matrix is
+gathered. Nothing is cached: ``predict`` reads only the fitted attributes. The compiled
+path equals the per-query NIPALS (``_predict_rows_loop``, kept as reference) to about 1e-11 on
+NIR data; the per-query path remains for ``scale=True`` (local column scaling has no kernel
+form here) and for queries whose local NIPALS stops early.
 
 References
 ----------
@@ -77,12 +86,32 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.models.local_pls import local_pls_predict
+from soilcarbon.models.local_pls import local_pls_predict, nearest_update, neighbour_dissimilarities
 
 DISS_METHODS = ("cor", "pca", "pls", "euclid")
 DISS_USAGES = ("weights", "none", "predictors")
 LOCAL_METHODS = ("wapls", "pls")
-_GRAM_MAX_BYTES = 256e6  # reference Gram matrix cached for the batched path up to n ~ 5,700
+BLOCK_BYTES = 32e6  # working memory of one block of query x reference dissimilarities
+QUERY_BLOCK = 256  # queries handled together (neighbour search, then their local models)
+SINGLE_MIN_RATIO = 8  # the "cor" scan runs in single precision above 8 x 2k references
+GRAM_BYTES = 64e6  # largest Gram matrix of a query block's neighbours (up to 2,828 distinct references)
+
+
+def gram_form(u, m, k):
+    """Whether a block of ``m`` queries with ``k`` neighbours each, ``u`` distinct references among
+    them, fits its local models in the Gram form (one ``u x u`` Gram matrix by BLAS, then O(k^2)
+    per query) rather than the row form (O(k^2 p) per query): when the Gram matrix has no more
+    entries than the ``m`` neighbourhoods' ``k x k`` matrices together (it then costs less, and
+    BLAS runs faster than the per-query loop) and fits in ``GRAM_BYTES``. Small libraries (up to
+    2,828 references with the defaults) take it; large ones take it only where a block's
+    neighbourhoods overlap enough."""
+    return u * u <= min(m * k * k, GRAM_BYTES / 8)
+
+
+def library_gram(n, m, k):
+    """Whether a call with ``m`` queries forms the Gram matrix of the whole library of ``n``
+    references once (when :func:`gram_form` holds for it), for all its query blocks."""
+    return gram_form(n, m, k)
 
 
 # --------------------------------------------------------------------------- local PLS
@@ -333,15 +362,23 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
 
     @staticmethod
     def _opc(S, y):
-        """resemble's optimal component count: min RMSD between y and its nearest neighbour's y."""
+        """resemble's optimal component count: min RMSD between y and its nearest neighbour's y.
+
+        Rows are processed in blocks of ``BLOCK_BYTES`` (no n x n matrix)."""
         n, m = S.shape
-        d2 = np.zeros((n, n))
-        np.fill_diagonal(d2, np.inf)
+        sq = np.zeros(m)
+        rows = max(1, int(BLOCK_BYTES // (8 * n)))
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            d2 = np.zeros((r1 - r0, n))
+            d2[np.arange(r1 - r0), np.arange(r0, r1)] = np.inf
+            for c in range(m):
+                d2 += (S[r0:r1, c][:, None] - S[:, c][None, :]) ** 2
+                nn = np.argmin(d2, axis=1)
+                sq[c] += np.sum((y[r0:r1] - y[nn]) ** 2)
         best, best_rmsd = 1, np.inf
         for c in range(m):
-            d2 += (S[:, c][:, None] - S[:, c][None, :]) ** 2
-            nn = np.argmin(d2, axis=1)
-            rmsd = np.sqrt(np.mean((y - y[nn]) ** 2))
+            rmsd = np.sqrt(sq[c] / n)
             if rmsd < best_rmsd - 1e-12:
                 best, best_rmsd = c + 1, rmsd
         return best
@@ -352,6 +389,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         k = len(yn)
         if self.diss_usage == "predictors":
             Dn = self._pairwise(En, En, self.diss_method)
+            np.fill_diagonal(Dn, 0.0)  # exact, not the sqrt of a rounding error (~1e-8)
             Xn = np.hstack([Xn, Dn])
             xq = np.concatenate([xq, dq])
         if self.diss_usage == "weights":
@@ -396,65 +434,182 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         return np.argpartition(D, k - 1, axis=1)[:, :k]
 
     def _predict_rows_loop(self, Xq, Eq, D, k, nb=None):
-        """Reference path: one local model per query (kept for the equivalence tests and as the
-        fallback for queries whose local NIPALS stops early)."""
+        """Reference path: one local model per query, on the neighbours found in the full
+        query x reference dissimilarity matrix ``D`` (kept for the equivalence tests)."""
         nb = self._neighbours(D, k) if nb is None else nb
+        return self._local_loop(Xq, Eq, nb, np.take_along_axis(D, nb, axis=1))
+
+    def _local_loop(self, Xq, Eq, nb, dnb):
+        """One NIPALS local model per query on neighbours ``nb`` (m, k) at dissimilarities ``dnb``."""
         out = np.empty((len(Xq), 5))
         for i in range(len(Xq)):
             j = nb[i]
-            dn = D[i, j]
+            dn = dnb[i]
             pred, spread = self._local_predict(
                 self.X_[j], self.y_[j], dn, Xq[i], dn, self.E_[j], Eq[i]
             )
             out[i] = (pred, dn.mean(), dn.min(), spread, self.y_[j].std(ddof=1))
         return out
 
-    def _gram_cache(self):
-        """Reference-set Gram matrix of the globally centred spectra (and, for
-        ``diss_usage="predictors"``, the reference dissimilarity matrix), computed once per
-        fitted model; ``None`` when ``n^2`` doubles would exceed ``_GRAM_MAX_BYTES``."""
-        cache = self.__dict__.get("_gram")
-        if cache is not None and cache[0] is self.X_:
-            return cache[1]
-        n = len(self.X_)
-        value = None
-        if n * n * 8 <= _GRAM_MAX_BYTES:
-            mu = self.X_.mean(axis=0)
-            Xr = self.X_ - mu
-            Dref = self._pairwise(self.E_, self.E_, self.diss_method) if self.diss_usage == "predictors" else None
-            value = (mu, Xr, Xr @ Xr.T, Dref)
-        self.__dict__["_gram"] = (self.X_, value)
-        return value
+    def kneighbors(self, Eq, k, exclude=None, reference32=None):
+        """Exact ``k`` nearest reference samples of embedded queries ``Eq`` (m, e).
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_gram", None)  # a cache, rebuilt on demand
-        return state
+        The reference set is scanned in blocks of at most ``BLOCK_BYTES`` with a running top-k
+        (:func:`soilcarbon.models.local_pls.nearest_update`) of a score that orders references
+        as the dissimilarity does (``-r`` for ``"cor"``, ``|b|^2 - 2 a.b`` otherwise), so memory
+        stays bounded whatever the size of the reference set; the dissimilarities of the
+        selected neighbours are then computed exactly. For ``"cor"`` with more than
+        ``SINGLE_MIN_RATIO x 2k`` references the scan runs in single precision and keeps ``2 k``
+        candidates: the rounding error of a float32 product of two
+        rows of norm <= 1 is below ``delta = (e + 3) u`` (``u = 2^-24``, Higham 2002, sec. 3.1),
+        so when the ``2k``-th candidate's score exceeds the ``k``-th one's by more than
+        ``2 delta`` the exact top k are among the candidates; queries where it does not are
+        scanned again in double precision. ``exclude`` (m,) names one reference index per query
+        to leave out (leave-one-out), or ``None``. ``reference32`` is ``E_`` in float32 when the
+        caller has it (``predict`` converts it once per call), else each block is converted.
+        Returns ``(indices, dissimilarities)``, both (m, k), each row in no particular order.
+        """
+        n, e = self.E_.shape
+        m = len(Eq)
+        k = min(int(k), n)
+        skip = np.full(m, -1, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
+        # single precision pays where the references far outnumber the 2k candidates it rechecks
+        single = self.diss_method == "cor" and SINGLE_MIN_RATIO * 2 * k < n
+        kk = 2 * k if single else k
+        best_s, best_i = self._scan(Eq, skip, kk, single, reference32)
+        if single:
+            best_s = best_s.astype(float)  # the float32 scores; their differences exact in double
+            kth = np.partition(best_s, k - 1, axis=1)[:, k - 1]
+            delta = (e + 3) * 2.0**-24 * 1.01
+            loose = np.flatnonzero(best_s.max(axis=1) - kth <= 2 * delta)
+            if len(loose):  # too close to call in single precision: scan these in double precision
+                best_i[loose] = self._scan(Eq[loose], skip[loose], kk, False)[1]
+        d = neighbour_dissimilarities(Eq, self.E_, best_i, self.diss_method == "cor")
+        if kk > k:
+            order = np.argpartition(d, k - 1, axis=1)[:, :k]
+            return np.take_along_axis(best_i, order, 1), np.take_along_axis(d, order, 1)
+        return best_i, d
 
-    def _predict_rows(self, Xq, Eq, D, k):
-        """All queries' local models through the compiled kernel-form PLS
-        (:func:`soilcarbon.models.local_pls.local_pls_predict`)."""
+    def _scan(self, Eq, skip, kk, single, reference32=None):
+        """Running top-``kk`` of the ordering score over reference blocks (see ``kneighbors``); a
+        library that fits in one block is instead partially sorted (``np.argpartition``), which
+        is faster than the running top-k when most references would enter it."""
+        n, m = len(self.E_), len(Eq)
+        step = max(kk, int(BLOCK_BYTES // (8 * max(m, 1))))
+        if n <= step:
+            return self._select(Eq, skip, kk, single, reference32)
+        best_s = np.full((m, kk), np.inf)
+        best_i = np.full((m, kk), -1, dtype=np.int64)
+        Aq = Eq.astype(np.float32) if single else Eq
+        for r0 in range(0, n, step):
+            Eb = self.E_[r0 : r0 + step]
+            if single:
+                Eb32 = Eb.astype(np.float32) if reference32 is None else reference32[r0 : r0 + step]
+                S = Aq @ Eb32.T
+                np.negative(S, out=S)
+            elif self.diss_method == "cor":
+                S = Eq @ Eb.T
+                np.negative(S, out=S)
+            else:
+                S = Eq @ Eb.T
+                S *= -2.0
+                S += (Eb * Eb).sum(1)[None, :]
+            nearest_update(S, r0, skip, best_s, best_i)
+        return best_s, best_i
+
+    def _select(self, Eq, skip, kk, single, reference32=None):
+        """``_scan`` for a library held in one block: the ``kk`` smallest scores of each row by a
+        partial sort of the whole queries x references score matrix (at most ``BLOCK_BYTES``)."""
+        if single:
+            S = Eq.astype(np.float32) @ (self.E_.astype(np.float32) if reference32 is None else reference32).T
+            np.negative(S, out=S)
+        elif self.diss_method == "cor":
+            S = Eq @ self.E_.T
+            np.negative(S, out=S)
+        else:
+            S = Eq @ self.E_.T
+            S *= -2.0
+            S += (self.E_ * self.E_).sum(1)[None, :]
+        left_out = np.flatnonzero(skip >= 0)
+        S[left_out, skip[left_out]] = np.inf
+        if kk < S.shape[1]:
+            best_i = np.argpartition(S, kk - 1, axis=1)[:, :kk]
+        else:
+            best_i = np.tile(np.arange(S.shape[1]), (len(S), 1))
+        return np.take_along_axis(S, best_i, 1), best_i
+
+    def _library_gram(self):
+        """``(c, Xr, G)``: the library centred on its mean and its Gram matrix (see ``_local_models``)."""
+        c = self.X_.mean(axis=0)
+        Xr = self.X_ - c
+        return c, Xr, Xr @ Xr.T
+
+    def _local_models(self, Xq, Eq, nb, dnb, gram=None):
+        """Local model of each query on its neighbours: compiled kernel PLS
+        (:func:`soilcarbon.models.local_pls.local_pls_predict`), with the per-query path for
+        ``scale=True`` (local column scaling has no kernel form here) and for queries whose
+        local NIPALS stops early. The kernel takes its Gram form with ``gram`` (the whole
+        library's, from ``_library_gram``) or with the Gram matrix of the block's distinct
+        neighbours where :func:`gram_form` says it pays, else its row form."""
         if self.scale:
-            return self._predict_rows_loop(Xq, Eq, D, k)
-        nb = self._neighbours(D, k)
-        cache = self._gram_cache()
-        if cache is None:
-            return self._predict_rows_loop(Xq, Eq, D, k, nb)
-        mu, Xr, G, Dref = cache
+            return self._local_loop(Xq, Eq, nb, dnb)
+        k = nb.shape[1]
         p = self.X_.shape[1]
         predictors = self.diss_usage == "predictors"
         n_features = p + k if predictors else p
         A = int(min(max(min(self.max_components, k - 2), 1), k - 1, n_features))
         lo = min(self.min_components, A) if self.local_method == "wapls" else A
-        xq = Xq - mu
+        if gram is None:
+            position = np.zeros(len(self.X_), dtype=np.int64)
+            position[nb] = 1
+            rows = np.flatnonzero(position)  # the block's distinct neighbours
+            if gram_form(len(rows), len(nb), k):  # the Gram matrix of the block's neighbours
+                position[rows] = np.arange(len(rows))
+                Xr = self.X_[rows]
+                c = Xr.mean(axis=0)
+                Xr -= c
+                gram, loc = (c, Xr, Xr @ Xr.T), position[nb]
+        else:
+            loc = nb
+        if gram is not None:
+            c, Xr, G = gram
+            xq = Xq - c
+            GQ, xx0 = xq @ Xr.T, np.einsum("ij,ij->i", xq, xq)
+        else:
+            G, loc, GQ, xx0 = np.empty((0, 0)), np.empty((0, 0), dtype=np.int64), np.empty((0, 0)), np.empty(0)
         out, bad = local_pls_predict(
-            G, D, nb, self.y_, xq @ Xr.T, np.einsum("bi,bi->b", xq, xq), A, n_features, lo,
-            self.local_method == "wapls", self.diss_usage == "weights", Dref if predictors else np.empty((0, 0)),
+            self.X_, self.y_, Xq, nb, dnb, A, lo, self.local_method == "wapls", self.diss_usage == "weights",
+            self.E_ if predictors else np.empty((0, 0)), self.diss_method == "cor", G, loc, GQ, xx0,
         )
         if bad.any():
             rows = np.flatnonzero(bad)
-            out[rows] = self._predict_rows_loop(Xq[rows], Eq[rows], D[rows], k, nb[rows])
+            out[rows] = self._local_loop(Xq[rows], Eq[rows], nb[rows], dnb[rows])
         return out
+
+    def _query_blocks(self, X, ks, leave_one_out=False):
+        """Yield ``(rows, {k: (m_b, 5) local-model results})`` for blocks of queries: memory is
+        bounded by the block, whatever the number of queries and references. A block holds
+        ``QUERY_BLOCK`` queries, or more for a small library, as many as make ``BLOCK_BYTES`` of
+        dissimilarities to it (so that one Gram matrix of the neighbours serves more queries)."""
+        kmax = max(ks)
+        size = max(QUERY_BLOCK, int(BLOCK_BYTES // (8 * max(len(self.E_), 2 * kmax))))
+        reference32 = self.E_.astype(np.float32) if self.diss_method == "cor" and len(X) > size else None
+        n = len(self.X_)
+        whole = not self.scale and n * n * 8 <= GRAM_BYTES and library_gram(n, len(X), max(ks))
+        gram = self._library_gram() if whole else None  # formed once per call, for every block
+        for q0 in range(0, len(X), size):
+            rows = slice(q0, min(len(X), q0 + size))
+            Xq = X[rows]
+            Eq = self.E_[rows] if leave_one_out else self._embed(Xq)
+            exclude = np.arange(rows.start, rows.stop) if leave_one_out else None
+            nb, dnb = self.kneighbors(Eq, kmax, exclude, reference32)
+            if len(ks) > 1:  # nearest first, so that the first k columns are the k nearest
+                order = np.argsort(dnb, axis=1, kind="stable")
+                nb, dnb = np.take_along_axis(nb, order, 1), np.take_along_axis(dnb, order, 1)
+            yield rows, {
+                k: self._local_models(Xq, Eq, np.ascontiguousarray(nb[:, :k]), np.ascontiguousarray(dnb[:, :k]), gram)
+                for k in ks
+            }
 
     # ------------------------------------------------------------------ API
     def fit(self, X, y):
@@ -469,12 +624,11 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         if len(ks) == 1:
             self.k_ = ks[0]
             return self
-        D = self._pairwise(self.E_, self.E_, self.diss_method)
-        np.fill_diagonal(D, np.inf)
-        rmse = {}
-        for k in ks:
-            pred = self._predict_rows(X, self.E_, D, k)[:, 0]
-            rmse[k] = float(np.sqrt(np.mean((pred - y) ** 2)))
+        pred = {k: np.empty(len(y)) for k in ks}
+        for rows, results in self._query_blocks(X, ks, leave_one_out=True):
+            for k, out in results.items():
+                pred[k][rows] = out[:, 0]
+        rmse = {k: float(np.sqrt(np.mean((pred[k] - y) ** 2))) for k in ks}
         self.k_validation_rmse_ = rmse
         self.k_ = min(rmse, key=rmse.get)
         return self
@@ -489,9 +643,10 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self, "X_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        Eq = self._embed(X)
-        D = self._pairwise(Eq, self.E_, self.diss_method)
-        out = self._predict_rows(X, Eq, D, min(self.k_, len(self.y_)))
+        k = min(self.k_, len(self.y_))
+        out = np.empty((len(X), 5))
+        for rows, results in self._query_blocks(X, [k]):
+            out[rows] = results[k]
         return pd.DataFrame(
             out,
             columns=["prediction", "mean_dissimilarity", "nearest_dissimilarity", "local_spread", "neighbour_y_sd"],
