@@ -21,6 +21,7 @@ from affine import Affine
 from rasterio.warp import transform as warp_transform
 
 X0, Y0, RES, N = 500000.0, 5600000.0, 100.0, 60  # 6 km x 6 km: nine 2 km blocks for spatial CV
+NP = 50  # sample points (training with the default configuration dominates the run time)
 DEM_A, DEM_B, DEM_C = 4000.0, -3000.0, 0.0  # dem = A * lon + B * lat + C (metres)
 README_COMMANDS = [
     "soilcarbon covariates extract --points points.csv --x lon --y lat --crs EPSG:4326 \\\n"
@@ -56,15 +57,15 @@ def build_scene(folder):
     with rasterio.open(folder / "dem.tif", "w", driver="GTiff", width=width, height=height, count=1,
                        dtype="float64", crs="EPSG:4326", transform=Affine(step, 0, west, 0, -step, north)) as dst:
         dst.write(dem, 1)
-    # 90 points inside the UTM square (lon/lat), SOC from NDVI, BSI and elevation
+    # NP points inside the UTM square (lon/lat), SOC from NDVI, BSI and elevation
     rng = np.random.default_rng(7)
-    prow, pcol = rng.integers(2, N - 2, 90), rng.integers(2, N - 2, 90)
+    prow, pcol = rng.integers(2, N - 2, NP), rng.integers(2, N - 2, NP)
     px, py = X0 + (pcol + 0.5) * RES, Y0 - (prow + 0.5) * RES
     lon, lat = warp_transform("EPSG:32631", "EPSG:4326", px, py)
-    ids = [f"S{i:03d}" for i in range(90)]
+    ids = [f"S{i:03d}" for i in range(NP)]
     pd.DataFrame({"sample_id": ids, "lon": lon, "lat": lat}).to_csv(folder / "points.csv", index=False)
     ndvi, bsi = indices(s2_bands(prow, pcol))
-    soc = 10 + 15 * ndvi - 8 * bsi + 0.002 * dem_at(lon, lat) + rng.normal(0, 0.3, 90)
+    soc = 10 + 15 * ndvi - 8 * bsi + 0.002 * dem_at(lon, lat) + rng.normal(0, 0.3, NP)
     pd.DataFrame({"sample_id": ids, "soc": soc}).to_csv(folder / "lab.csv", index=False)
 
 
@@ -120,3 +121,46 @@ def test_readme_extract_train_map(run_cli, tmp_path):
     np.testing.assert_allclose(data[0, rows, cols], expected["prediction"], rtol=1e-3)
     np.testing.assert_allclose(data[1, rows, cols], expected["lower"], rtol=1e-3)
     np.testing.assert_allclose(data[2, rows, cols], expected["upper"], rtol=1e-3)
+
+
+def test_provenance_sidecar_belongs_to_its_table(capsys, tmp_path):
+    from cli_helpers import cli_in_process, only_error_line
+
+    build_scene(tmp_path)
+    args = README_COMMANDS[0].replace("\\\n", " ").split()[1:]
+    args = [str(tmp_path / a) if a.endswith((".csv", ".tif")) else a for a in args]
+    code, _, err = cli_in_process(capsys, *args)
+    assert code == 0, err
+    record = json.loads((tmp_path / "cov.csv.json").read_text())
+    assert record["columns"]["s2_11"] == {"raster": "s2.tif", "band": 11}
+    assert record["columns"]["dem_1"] == {"raster": "dem.tif", "band": 1}
+    # a table changed after extraction is not paired with its old provenance
+    table = pd.read_csv(tmp_path / "cov.csv")
+    table.head(40).to_csv(tmp_path / "cov.csv", index=False)
+    code, _, err = cli_in_process(capsys, "train", "--covariates", tmp_path / "cov.csv", "--lab", tmp_path / "lab.csv",
+                                  "--target", "soc")
+    line = only_error_line(err)
+    assert code == 2 and "cov.csv.json was written for another version of" in line and "re-run covariates" in line
+
+
+def test_trained_indices_default_override_and_mismatch():
+    from soilcarbon.errors import SoilCarbonError
+    from soilcarbon.geo.mapping import trained_indices
+
+    trained = {"indices": ["ndvi", "bsi"], "bands": {"blue": "s2_2", "red": "s2_4", "nir": "s2_8", "swir1": "s2_11"}}
+    covariates = ["s2_2", "ndvi", "bsi", "dem_1"]
+    have = {"s2_2", "s2_4", "s2_8", "s2_11", "dem_1"}
+    indices, bands, notes = trained_indices(trained, covariates, [], {}, have)
+    assert indices == ["ndvi", "bsi"] and bands == trained["bands"] and "as in training" in notes[0]
+    # the same mapping given again is fine; another band the rasters also have is a contradiction
+    assert trained_indices(trained, covariates, ["ndvi", "bsi"], {"red": "s2_4"}, have)[0] == ["ndvi", "bsi"]
+    with pytest.raises(SoilCarbonError, match=r"--bands red=s2_3: model m was trained with red=s2_4 .*drop --bands"):
+        trained_indices(trained, covariates, [], {"red": "s2_3"}, have | {"s2_3"}, "model m")
+    with pytest.raises(SoilCarbonError, match=r"--indices ndmi: model m was not trained with ndmi"):
+        trained_indices(trained, covariates, ["ndmi"], {}, have, "model m")
+    # renamed rasters (the trained band is absent): an explicit role replaces it, and says so
+    renamed = {"new_2", "new_4", "new_8", "new_11"}
+    _, bands, notes = trained_indices(trained, covariates, [], {"red": "new_4"}, renamed)
+    assert bands["red"] == "new_4" and any("replaces red=s2_4" in n for n in notes)
+    # a model without provenance: only what is given
+    assert trained_indices(None, covariates, [], {}, have) == ([], {}, [])
