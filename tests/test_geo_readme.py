@@ -24,8 +24,8 @@ X0, Y0, RES, N = 500000.0, 5600000.0, 100.0, 60  # 6 km x 6 km: nine 2 km blocks
 NP = 50  # sample points (training with the default configuration dominates the run time)
 DEM_A, DEM_B, DEM_C = 4000.0, -3000.0, 0.0  # dem = A * lon + B * lat + C (metres)
 README_COMMANDS = [
-    "soilcarbon covariates extract --points points.csv --x lon --y lat --crs EPSG:4326 \\\n"
-    "    --rasters s2.tif dem.tif --indices ndvi,bsi --bands blue=s2_2,red=s2_4,nir=s2_8,swir1=s2_11 --output cov.csv",
+    ("soilcarbon covariates extract --points points.csv --x lon --y lat --crs EPSG:4326 \\\n"
+     "    --rasters s2.tif dem.tif --indices ndvi,bsi --bands blue=s2_2,red=s2_4,nir=s2_8,swir1=s2_11 --output cov.csv"),
     "soilcarbon train --covariates cov.csv --lab lab.csv --target soc --cv spatial --coords lon,lat --block-size 2000",
     "soilcarbon map --model models:/soc-soc/1 --rasters s2.tif dem.tif --output soc.tif",
 ]
@@ -83,7 +83,7 @@ def test_readme_commands_match_the_readme():
 
 
 @pytest.mark.timeout(240)
-def test_readme_extract_train_map(run_cli, tmp_path):
+def test_readme_extract_train_map(run_cli, monkeypatch, tmp_path):
     build_scene(tmp_path)
     env = {"MLFLOW_TRACKING_URI": "", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}  # mlflow.db in tmp_path
     outputs = []
@@ -100,8 +100,7 @@ def test_readme_extract_train_map(run_cli, tmp_path):
 
     from soilcarbon.geo.mapping import load_covariate_model
 
-    import os
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     model, uri = load_covariate_model("models:/soc-soc/1")
     assert uri == "models:/soc-soc/1"
     assert {"ndvi", "bsi", "dem_1", "s2_8"} <= set(model.layout.covariates)
