@@ -115,7 +115,7 @@ def test_extract_values_names_and_report(run_cli, scene, tmp_path, crs):
     assert "1 of 5 points are outside every raster (written empty): P5" in err
     assert "a.tif: 1 points on nodata (written empty): P2" in err
     assert "small.tif: 3 points outside (written empty): P3, P4, P5" in err
-    assert [p.name for p in tmp_path.iterdir()] == ["cov.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cov.csv", "cov.csv.json"]  # table and its provenance
 
 
 def test_extract_indices_and_duplicate_descriptions(run_cli, tmp_path):

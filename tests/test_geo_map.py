@@ -193,15 +193,32 @@ def test_rasters_that_do_not_line_up(run_cli, capsys, stack, tmp_path):
     far = write_raster(tmp_path / "far.tif", [values["twi"]], transform=from_origin(X0 + 10_000, Y0, RES, RES))
     line = _bad(run_cli, tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, far, "--resampling", "nearest")
     assert "far.tif does not overlap" in line and "ndvi.tif" in line
-    coarse = write_raster(tmp_path / "coarse.tif", [values["twi"][::2, ::2]],
-                          transform=from_origin(X0, Y0, 2 * RES, 2 * RES))
-    line = _bad(partial(cli_in_process, capsys), tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, coarse)
-    assert "coarse.tif has 20 x 20 pixels but ndvi.tif 10 x 10" in line and "--resampling nearest|bilinear" in line
+
+
+def test_other_grids_are_warped_bilinear_by_default(model, stack, tmp_path):
+    folder, values = stack
+    # terrain on a 20 m grid and in EPSG:4326: no --resampling needed; bilinear, said and tagged
+    coarse = write_raster(tmp_path / "coarse.tif", [values["elevation"][::2, ::2], values["twi"][::2, ::2]],
+                          transform=from_origin(X0, Y0, 2 * RES, 2 * RES), descriptions=["elevation", "twi"])
     west, _, _, north = transform_bounds("EPSG:32631", "EPSG:4326", X0, Y0 - H * RES, X0 + W * RES, Y0)
-    lonlat = write_raster(tmp_path / "lonlat.tif", [values["twi"]], crs="EPSG:4326",
-                          transform=from_origin(west - 0.001, north + 0.001, 0.0002, 0.0001))
-    line = _bad(partial(cli_in_process, capsys), tmp_path, "--model", "models:/unused/1", "--rasters", ndvi, lonlat)
-    assert "lonlat.tif is in EPSG:4326 but ndvi.tif in EPSG:32631" in line
+    lonlat = write_raster(tmp_path / "lonlat.tif", [values["elevation"], values["twi"]], crs="EPSG:4326",
+                          transform=from_origin(west - 0.001, north + 0.001, 0.0002, 0.0002),
+                          descriptions=["elevation", "twi"])
+    for other in (coarse, lonlat):
+        plan = mapping.plan_stack([folder / "ndvi.tif", other], model.layout.covariates)
+        assert plan.warp == [False, True] and plan.resampling == "bilinear"
+        assert f"{other.name} warped onto ndvi.tif's grid (bilinear by default" in " ".join(plan.notes)
+        report = mapping.make_map(model, plan, tmp_path / "soc.tif", block_size=16, jobs=1)
+        with rasterio.open(tmp_path / "soc.tif") as ds:
+            assert ds.tags()["resampling"] == "bilinear"
+            assert np.isfinite(ds.read(1)).sum() == report.n_valid > 0.9 * W * H
+    # bilinear between 2 x 2 coarse pixels: an interior 10 m pixel centre is a quarter of the way
+    # from its coarse pixel's centre; compare one pixel with the interpolation done by hand
+    plan = mapping.plan_stack([folder / "ndvi.tif", coarse], model.layout.covariates)
+    arrays = mapping.WindowPredictor(model, plan, 0.9).read(next(mapping.windows(W, H, 512)))
+    e = values["elevation"][::2, ::2].astype(np.float64)
+    by_hand = (0.75 * 0.75 * e[2, 3] + 0.75 * 0.25 * e[2, 4] + 0.25 * 0.75 * e[3, 3] + 0.25 * 0.25 * e[3, 4])
+    np.testing.assert_allclose(arrays["elevation"][5, 7], by_hand, rtol=1e-5)
 
 
 def test_model_needs_covariates_the_rasters_lack(run_cli, model_uri, stack, tmp_path):

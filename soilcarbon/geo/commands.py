@@ -8,6 +8,7 @@ written atomically.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -66,6 +67,8 @@ def extract_command(
     Points outside a raster or on nodata are written empty and reported (count and ids).
 
     Train on it with --covariates COV.csv --lab LAB.csv --coords X,Y (the coordinates are then not covariates).
+
+    Also writes COV.csv.json: the band naming, --indices and --bands, which train stores in the model for map.
     """
     from soilcarbon.atomic import atomic_path
     from soilcarbon.geo import extract as ex
@@ -83,13 +86,18 @@ def extract_command(
     result, report = ex.extract(table, x, y, point_crs, paths, id_col, source=str(points))
     if index_names:
         result = ex.add_indices(result, index_names, band_roles)
+    sidecar = ex.provenance_path(output)
     with atomic_path(output) as tmp:
         result.to_csv(tmp, index=False)
+        record = ex.provenance(paths, index_names, band_roles, tmp)
+        with atomic_path(sidecar) as tmp_json:  # renamed just before the table
+            tmp_json.write_text(json.dumps(record, indent=1) + "\n")
     console = Console(stderr=True, quiet=quiet)
     for line in report.lines():
         console.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
     n_columns = result.shape[1] - 3
-    console.print(f"{len(result)} points x {n_columns} covariates from {len(paths)} rasters -> {output}",
+    console.print(f"{len(result)} points x {n_columns} covariates from {len(paths)} rasters -> {output} "
+                  f"(provenance: {sidecar.name})",
                   highlight=False, soft_wrap=True)
 
 
@@ -104,7 +112,8 @@ def map_command(
     block_size: int = typer.Option(512, "--block-size", help="Window size in pixels (multiple of 16)."),
     jobs: int = typer.Option(2, "--jobs", "-j", help="Worker processes (used for grids of 1 million pixels or more)."),
     resampling: Optional[str] = typer.Option(
-        None, "--resampling", help="nearest | bilinear: warp rasters onto the first raster's grid."),
+        None, "--resampling", help="nearest | bilinear: how rasters on other grids are warped onto the first "
+        "raster's grid (default bilinear)."),
     indices: Optional[str] = typer.Option(None, "--indices", help=INDICES_HELP),
     bands: Optional[str] = typer.Option(None, "--bands", help=BANDS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -113,7 +122,8 @@ def map_command(
 
     Writes a GeoTIFF on the first raster's grid: float32 bands prediction, lower, upper, in_domain (1/0).
 
-    Nodata wherever an input is nodata. Bands are matched to the model's covariates by the names `covariates extract` gives.
+    Nodata wherever an input is nodata. Bands are matched to the model's covariates by the names `covariates extract` gives;
+    indices and band roles default to those the model was trained with (recorded by covariates extract).
     """
     from soilcarbon.geo import indices as idx
     from soilcarbon.geo import mapping
@@ -134,11 +144,13 @@ def map_command(
     mapping.check_grid(paths, resampling)  # cheap checks before loading the model
     model, resolved_uri = mapping.load_covariate_model(model_uri)
     plan = mapping.plan_stack(paths, model.layout.covariates, resampling, index_names, band_roles,
-                              model_name=f"model {model_uri}")
+                              model_name=f"model {model_uri}", trained=model.info.get("covariate_provenance"))
+    console = Console(stderr=True, quiet=quiet)
+    for note in plan.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     with Progress(quiet, "mapping") as progress:
         report = mapping.make_map(model, plan, output, level, block_size, jobs, progress,
                                   tags={"model": resolved_uri, "unit": model.info.get("target_unit", "")})
-    console = Console(stderr=True, quiet=quiet)
     if report.unused:
         console.print(f"note: bands not used by the model: {', '.join(report.unused[:12])}", highlight=False,
                       soft_wrap=True)

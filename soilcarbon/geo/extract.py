@@ -282,3 +282,81 @@ def add_indices(table: pd.DataFrame, indices: list[str], bands: dict[str, str]) 
             raise SoilCarbonError(f"index {name!r} clashes with a raster band column of the same name")
         table[name] = idx.compute(name, {role: table[col].to_numpy(dtype=float) for role, col in needed.items()})
     return table
+
+
+# Provenance: what ``covariates extract`` did, in a JSON sidecar next to the table (``cov.csv`` ->
+# ``cov.csv.json``) that ``train --covariates`` reads and stores in the model, so that ``map`` can
+# compute the same indices from the same bands without being told again. The sidecar holds the
+# table's SHA-256: a table rewritten after extraction is not silently paired with old provenance.
+
+PROVENANCE_FORMAT = "soilcarbon covariates extract provenance 1"
+
+
+def provenance_path(table: Path) -> Path:
+    """The provenance sidecar of a covariates table: ``cov.csv`` -> ``cov.csv.json``."""
+    table = Path(table)
+    return table.with_name(table.name + ".json")
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(rasters: list[Path], indices: list[str], bands: dict[str, str], table_file: Path) -> dict:
+    """The provenance record of a covariates table written to ``table_file`` (already complete)."""
+    from soilcarbon.geo import indices as idx
+
+    roles = idx.required_columns(indices, bands) if indices else {}
+    return {
+        "format": PROVENANCE_FORMAT,
+        "sha256": file_sha256(table_file),
+        "naming": "band description, else <raster file stem>_<band number>",
+        "columns": {r.name: {"raster": Path(r.path).name, "band": r.band} for r in band_names(rasters)},
+        "indices": list(indices),
+        "bands": dict(roles),
+    }
+
+
+def read_provenance(table: Path) -> dict | None:
+    """The provenance of a covariates table (``None`` when it has no sidecar); an error when the
+    sidecar is unreadable or belongs to another version of the table."""
+    import json
+
+    sidecar = provenance_path(table)
+    if not sidecar.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+        ok = record.get("format") == PROVENANCE_FORMAT
+    except (ValueError, OSError, AttributeError) as exc:
+        raise SoilCarbonError(f"{sidecar}: not a covariates provenance file ({exc}); delete it or re-run "
+                              "covariates extract") from exc
+    if not ok:
+        raise SoilCarbonError(f"{sidecar}: not a covariates provenance file; delete it or re-run covariates extract")
+    if record.get("sha256") != file_sha256(table):
+        raise SoilCarbonError(
+            f"{sidecar} was written for another version of {table} (the table changed after covariates "
+            f"extract); re-run covariates extract, or delete {sidecar.name} to train without its provenance "
+            "(then give map --indices and --bands)"
+        )
+    return record
+
+
+def model_provenance(record: dict, covariates: list[str]) -> dict:
+    """The part of a table's provenance a model trained on ``covariates`` keeps: the indices among
+    its covariates, the band roles they need, and where each raster covariate came from."""
+    from soilcarbon.geo import indices as idx
+
+    used = [name for name in record.get("indices", []) if name in covariates]
+    return {
+        "indices": used,
+        "bands": idx.required_columns(used, record.get("bands", {})) if used else {},
+        "columns": {c: v for c, v in record.get("columns", {}).items() if c in covariates},
+        "naming": record.get("naming", ""),
+    }

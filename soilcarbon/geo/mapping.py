@@ -14,9 +14,10 @@ Output: a tiled GeoTIFF on the first raster's grid with four float32 bands ``pre
 applicability domain, 0 outside), nodata (NaN) wherever any input band is nodata or NaN. It is
 written through :func:`soilcarbon.atomic.atomic_path`: an error or interrupt leaves no file.
 
-Rasters must share the first raster's grid (CRS, transform, size). Otherwise ``resampling``
-("nearest" or "bilinear") warps the others onto it with ``rasterio.vrt.WarpedVRT``; pixels they
-do not cover become nodata. Rasters that do not overlap the first one are refused.
+Rasters on another grid than the first raster's (CRS, transform, size) are warped onto it with
+``rasterio.vrt.WarpedVRT`` using ``resampling`` ("nearest" or "bilinear"; default bilinear, as
+covariate bands are continuous; the command says so and the GeoTIFF's ``resampling`` tag records
+it); pixels they do not cover become nodata. Rasters that do not overlap the first one are refused.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ from soilcarbon.geo.extract import band_names, open_raster
 OUTPUT_BANDS = ("prediction", "lower", "upper", "in_domain")
 PREDICT_ROWS = 65_536  # pixels per predict_matrix call
 RESAMPLING = ("nearest", "bilinear")
+DEFAULT_RESAMPLING = "bilinear"  # covariate bands (reflectance, elevation, climate) are continuous
+
+
+def warp_note(paths: list[Path], warp: list[bool], resampling: str | None, chosen: bool) -> str:
+    """One line saying which rasters were warped onto the first raster's grid and how ('' if none)."""
+    warped = [Path(p).name for p, w in zip(paths, warp) if w]
+    if not warped:
+        return ""
+    how = resampling + ("" if chosen else " by default; --resampling nearest for categorical bands")
+    return f"{', '.join(warped)} warped onto {Path(paths[0]).name}'s grid ({how})"
 
 
 def load_covariate_model(uri: str):
@@ -85,17 +96,15 @@ class StackPlan:
     indices: list = field(default_factory=list)
     roles: dict = field(default_factory=dict)  # band role -> column name (for indices)
     unused: list = field(default_factory=list)
-
-
-def _resolution(transform) -> tuple[float, float]:
-    return abs(transform.a), abs(transform.e)
+    notes: list = field(default_factory=list)  # what was decided for the user (trained indices, warping)
 
 
 def check_grid(paths: list[Path], resampling: str | None) -> tuple[Grid, list[bool]]:
     """The first raster's grid and, per raster, whether it must be warped onto it.
 
-    Raises for rasters that do not overlap the first, and for any other grid difference when no
-    ``resampling`` is chosen.
+    Raises for rasters that do not overlap the first. Other grid differences (CRS, resolution,
+    extent) are warped with ``resampling`` (default :data:`DEFAULT_RESAMPLING`, see
+    :func:`resampling_note`).
     """
     from rasterio.warp import transform_bounds
 
@@ -117,33 +126,65 @@ def check_grid(paths: list[Path], resampling: str | None) -> tuple[Grid, list[bo
                 )
             same = (ds.crs == grid.crs and ds.transform.almost_equals(grid.transform)
                     and ds.width == grid.width and ds.height == grid.height)
-            if not same and resampling is None:
-                if ds.crs != grid.crs:
-                    what = f"is in {ds.crs.to_string()} but {paths[0].name} in {grid.crs.to_string()}"
-                elif not np.allclose(_resolution(ds.transform), _resolution(grid.transform), rtol=1e-9):
-                    what = (f"has {_resolution(ds.transform)[0]:g} x {_resolution(ds.transform)[1]:g} pixels but "
-                            f"{paths[0].name} {_resolution(grid.transform)[0]:g} x {_resolution(grid.transform)[1]:g}")
-                else:
-                    what = (f"has a different extent or origin ({ds.width} x {ds.height} pixels) than "
-                            f"{paths[0].name} ({grid.width} x {grid.height})")
-                raise SoilCarbonError(
-                    f"{path} {what}; rasters must be aligned, or use --resampling nearest|bilinear "
-                    f"to warp them onto {paths[0].name}'s grid"
-                )
             warp.append(not same)
     return grid, warp
 
 
+def trained_indices(trained: dict | None, covariates: list[str], indices: list[str], bands: dict[str, str],
+                    band_columns: set, model_name: str = "the model") -> tuple[list[str], dict, list[str]]:
+    """The indices and band roles to compute: by default those the model was trained with
+    (``trained``: the provenance ``covariates extract`` recorded, kept in ``model.info``).
+
+    Explicit ``indices`` / ``bands`` override. A mismatch is an error: an index the model was not
+    trained with, or a band role that names another band than in training while the rasters still
+    have the trained one (a role may name a new band only when the trained band is absent, e.g.
+    renamed files). Returns ``(indices, bands, notes)``.
+    """
+    from soilcarbon.geo.indices import required_columns
+
+    trained = trained or {}
+    trained_idx = [i for i in trained.get("indices", []) if i in covariates]
+    trained_bands = dict(trained.get("bands", {}))
+    notes = []
+    if indices and trained:
+        extra = [i for i in indices if i not in trained_idx]
+        if extra:
+            raise SoilCarbonError(
+                f"--indices {','.join(indices)}: {model_name} was not trained with {', '.join(extra)} "
+                f"(trained with: {', '.join(trained_idx) or 'no indices'}); drop --indices to use the model's"
+            )
+    for role, column in bands.items():
+        before = trained_bands.get(role)
+        if before is not None and before != column:
+            if before in band_columns:
+                raise SoilCarbonError(
+                    f"--bands {role}={column}: {model_name} was trained with {role}={before} (covariates extract), "
+                    f"and the rasters have {before!r}; drop --bands to use the trained mapping"
+                )
+            notes.append(f"--bands {role}={column} replaces {role}={before} (not in these rasters) of training")
+    chosen = list(indices) if indices else trained_idx
+    merged = {**trained_bands, **bands}
+    if trained_idx and not indices:
+        roles = required_columns(trained_idx, merged)
+        notes.append(f"indices {', '.join(trained_idx)} from {', '.join(f'{r}={c}' for r, c in roles.items())} "
+                     "as in training")
+    return chosen, merged, notes
+
+
 def plan_stack(paths: list[Path], covariates: list[str], resampling: str | None = None,
                indices: list[str] | None = None, bands: dict[str, str] | None = None,
-               model_name: str = "the model") -> StackPlan:
-    """Match model covariates to raster bands (and indices); check the rasters' grids."""
+               model_name: str = "the model", trained: dict | None = None) -> StackPlan:
+    """Match model covariates to raster bands (and indices); check the rasters' grids.
+
+    ``trained``: the model's recorded indices and band roles (see :func:`trained_indices`).
+    """
     from soilcarbon.geo import indices as idx
 
-    indices = list(indices or [])
-    roles = idx.required_columns(indices, bands or {})
     refs = band_names(paths)
     by_name = {r.name: r for r in refs}
+    indices, bands, notes = trained_indices(trained, covariates, list(indices or []), dict(bands or {}),
+                                            set(by_name), model_name)
+    roles = idx.required_columns(indices, bands)
     for name in indices:
         if name in by_name:
             raise SoilCarbonError(f"index {name!r} clashes with a raster band of the same name ({by_name[name].path})")
@@ -160,11 +201,15 @@ def plan_stack(paths: list[Path], covariates: list[str], resampling: str | None 
             f"the rasters give {', '.join(sorted(provided)[:15])} (band description, else <file stem>_<band>)"
         )
     grid, warp = check_grid(paths, resampling)
+    chosen = resampling is not None
+    if resampling is None and any(warp):
+        resampling = DEFAULT_RESAMPLING
     needed = {c: by_name[c] for c in covariates if c in by_name}
     needed.update({column: by_name[column] for column in roles.values()})
     unused = [r.name for r in refs if r.name not in needed]
+    notes.append(warp_note(paths, warp, resampling, chosen))
     return StackPlan(grid, list(paths), warp, resampling, needed, list(covariates),
-                     [i for i in indices if i in covariates], roles, unused)
+                     [i for i in indices if i in covariates], roles, unused, [n for n in notes if n])
 
 
 def windows(width: int, height: int, block_size: int):
@@ -366,6 +411,8 @@ def make_map(model, plan: StackPlan, output: Path, level: float | None = None, b
             for band, name in enumerate(OUTPUT_BANDS, start=1):
                 dst.set_band_description(band, name)
             dst.update_tags(level=f"{level:g}", target=model.target, **(tags or {}))
+            if any(plan.warp):
+                dst.update_tags(resampling=plan.resampling)
 
             def write(result):
                 nonlocal n_valid, n_outside

@@ -113,6 +113,11 @@ def train_command(
     from soilcarbon.training.data import load_inputs
 
     data_spectra, cov_table, load_notes = load_inputs(spectra, lab, covariates, id_col, unit)
+    provenance = None
+    if covariates is not None:  # what covariates extract recorded (indices, band roles), for map
+        from soilcarbon.geo.extract import read_provenance
+
+        provenance = read_provenance(covariates)
     for note in load_notes:
         console.print(f"[yellow]note:[/] {note}")
     from soilcarbon.training.train import train
@@ -120,6 +125,10 @@ def train_command(
     with Progress(quiet, "training") as progress, known_harmless_warnings_ignored():
         result = train(data_spectra, target, cov_table, config, id_col, folds, group, coord_cols, nested,
                        progress, covariates_source=str(covariates) if covariates else "covariates")
+    if provenance is not None:
+        from soilcarbon.geo.extract import model_provenance
+
+        result.model.info["covariate_provenance"] = model_provenance(provenance, result.data.layout.covariates)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(_candidates_table(result))

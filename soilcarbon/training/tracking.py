@@ -243,6 +243,10 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
                 sources.get("covariates") or "", "data_digest": digest, "n_train": str(len(data.y)),
                 "cv_scheme": result.cv_scheme, "selected_model": result.selection.name[:500]}
         tags.update({f"cv_{k}": f"{v:.6g}" for k, v in result.metrics.items()})
+        trained = result.model.info.get("covariate_provenance")
+        if trained and trained["indices"]:  # from covariates extract; map uses them by default
+            tags["indices"] = ",".join(trained["indices"])
+            tags["bands"] = ",".join(f"{role}={column}" for role, column in trained["bands"].items())
         return register_version(result.model, name, data.X, data.ids, tags, (
             f"SOC calibration for {data.target} ({result.selection.name[:200]}); "
             f"CV RMSE {result.metrics['rmse']:.4g}, PICP {result.metrics.get('picp', float('nan')):.3f} "
