@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.process import raise_if_interrupted
 
 
 OUTPUT_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".png": "png", ".svg": "svg", ".pdf": "pdf",
@@ -89,6 +90,7 @@ def atomic_path(path):
     os.close(handle)
     try:
         yield Path(tmp)
+        raise_if_interrupted()  # a signal whose exception Python swallowed: still no output
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use the usual mode
         os.replace(tmp, path)
     except BaseException as exc:

@@ -61,7 +61,7 @@ def fail(message: str, code: int = 2) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, map user errors to ``error:`` + exit 2, SIGINT / SIGTERM to one
     ``interrupted`` line + exit 130 / 143."""
-    from soilcarbon.process import Interrupted, handle_signals
+    from soilcarbon.process import Interrupted, handle_signals, received
 
     try:
         # standalone: Typer shows usage errors (unknown option or command, missing or bad value)
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise  # usage errors (2), already shown by Typer
+        if received() is not None:  # the signal's exception was swallowed (see raise_if_interrupted)
+            exc = Interrupted(received())
+            fail(f"interrupted by {exc}; partial outputs were removed", code=exc.exit_code)
     except Interrupted as exc:
         fail(f"interrupted by {exc}; partial outputs were removed", code=exc.exit_code)
     except SoilCarbonError as exc:

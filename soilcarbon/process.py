@@ -38,16 +38,32 @@ class Interrupted(BaseException):
 
 
 _raised = False
+_received: int | None = None
 
 
 def _raise_interrupted(signum, frame) -> None:
-    global _raised
+    global _raised, _received
     if _raised:  # a second signal while cleaning up: stop now
         sys.stderr.write("interrupted again: stopped without clean-up\n")
         sys.stderr.flush()
         os._exit(128 + signum)
-    _raised = True
+    _raised, _received = True, int(signum)
     raise Interrupted(signum)
+
+
+def received() -> int | None:
+    """The signal number this command received, if any."""
+    return _received
+
+
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` again if a signal arrived in this command. A signal handler's
+    exception that lands in a weakref callback or ``__del__`` (e.g. SQLAlchemy's during garbage
+    collection) is printed and swallowed by Python, and the work goes on; this is called before
+    an output is put in place (:func:`soilcarbon.atomic.atomic_path`) and when the command ends,
+    so such a run still leaves nothing and exits 128 + signal."""
+    if _received is not None:
+        raise Interrupted(_received)
 
 
 @contextlib.contextmanager
@@ -56,15 +72,16 @@ def handle_signals():
     previous handlers come back after it (the CLI may run inside another program, e.g. tests).
     A SIGINT ignored on start (a background job of a non-interactive shell, ``nohup``) stays
     ignored."""
-    global _raised
+    global _raised, _received
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        _raised = False
+        _raised, _received = False, None
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 previous[signum] = signal.signal(signum, _raise_interrupted)
     try:
         yield
+        raise_if_interrupted()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -240,3 +240,29 @@ def test_the_cli_restores_the_signal_handlers_of_its_host(capsys):
     code, _, _ = cli_in_process(capsys, "predict", "--bogus")
     assert code == 2
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_signal_whose_exception_python_swallows_still_leaves_no_output(tmp_path):
+    """A signal handled inside ``__del__`` (as in SQLAlchemy's weakref callbacks during garbage
+    collection): Python prints and swallows the exception and the work goes on; the output must
+    still not be put in place, and the command must still end interrupted."""
+    import signal
+
+    from soilcarbon.atomic import atomic_path
+    from soilcarbon.process import Interrupted, handle_signals
+
+    class SignalInDel:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100_000):  # the handler runs here, in __del__
+                pass
+
+    with pytest.raises(Interrupted) as raised:
+        with handle_signals():
+            with atomic_path(tmp_path / "out.csv") as tmp:
+                tmp.write_text("sample_id\n")
+                obj = SignalInDel()
+                del obj
+                tmp.write_text("sample_id\ns1\n")  # the work went on
+    assert raised.value.exit_code == 143
+    assert list(tmp_path.iterdir()) == []
