@@ -21,7 +21,8 @@ from conftest import NIRSOIL_CSV, OPUS_DIR
 from serving_models import serving_store
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.serving.predict import load_model, predict_file
+from soilcarbon.serving.batch import predict_file
+from soilcarbon.serving.model import load_model
 
 SEEDS = range(24)
 

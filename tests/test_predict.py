@@ -21,7 +21,9 @@ from conftest import NIRSOIL_CSV, OPUS_DIR, run_cli
 from serving_models import environment, serving_store
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.serving.predict import OUTPUT_COLUMNS, load_model, predict_file
+from soilcarbon.serving.batch import predict_file
+from soilcarbon.serving.model import load_model
+from soilcarbon.serving.outputs import OUTPUT_COLUMNS
 
 NIR = "models:/soc-nir/1"
 

@@ -20,7 +20,8 @@ from conftest import NIRSOIL_CSV, OPUS_DIR, run_cli
 from serving_models import environment, serving_store
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.serving.predict import load_model, predict_file, predict_spectra
+from soilcarbon.serving.batch import predict_file, predict_spectra
+from soilcarbon.serving.model import load_model
 
 NIR = "models:/soc-nir/1"
 
