@@ -175,8 +175,7 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
     with threadpool_limits(limits=1), progress, atomic_path(output) as tmp:
         progress.start(source.total)
         source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)
-        writer = Writer(tmp, kind)
-        try:
+        with Writer(tmp, kind) as writer:
             seen_ids: set = set()
             for prepared, result in ordered_map(work, source.chunks(), workers, one_openmp_thread):
                 check_unique_ids(prepared.ids, seen_ids, main_path)
@@ -187,10 +186,6 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
                 progress.update(completed=None if source.by_bytes else summary.n_samples, samples=summary.n_samples)
             if summary.n_predicted == 0:  # an output of empty rows is not a success
                 raise nothing_predicted(main_path, summary)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
     if problems_output is not None:
         write_problems(problems_output, summary.problems)
     summary.seconds = time.perf_counter() - started

@@ -19,11 +19,25 @@ OUTPUT_COLUMNS = [ID_COLUMN, *MODEL_OUTPUTS, "model_uri"]
 
 
 class Writer:
-    """Append output chunks to an open temporary CSV or Parquet file."""
+    """Append output chunks to an open temporary CSV or Parquet file; as a context manager, closed
+    when the block ends and aborted when it raises."""
 
     def __init__(self, tmp: Path, kind: str):
         self.tmp, self.kind = tmp, kind
         self.handle = self.writer = None
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is not None:
+            self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, frame: pd.DataFrame) -> None:
         frame = frame[OUTPUT_COLUMNS]

@@ -243,8 +243,7 @@ def _merge(staging: Path, tmp: Path, kind: str, summary: PredictionSummary) -> N
     import pyarrow.parquet as pq
 
     parts = sorted(p for p in staging.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet")
-    writer = Writer(tmp, kind)
-    try:
+    with Writer(tmp, kind) as writer:
         for part in parts:
             for batch in pq.ParquetFile(part, pre_buffer=False).iter_batches(batch_size=65536):
                 frame = batch.to_pandas()
@@ -255,7 +254,3 @@ def _merge(staging: Path, tmp: Path, kind: str, summary: PredictionSummary) -> N
                 frame["in_domain"] = frame["in_domain"].fillna(False).astype(bool)
                 writer.write(frame[OUTPUT_COLUMNS])
                 summary.n_samples += len(frame)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
