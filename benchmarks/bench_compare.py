@@ -38,7 +38,8 @@ def _train_two(folder: Path) -> list[str]:
 def speed(uris: list[str], spectra: Path, target: str, repeat: int, resamples: int) -> list[dict]:
     from soilcarbon.evaluation.compare import compare_on_test, resolve_versions
     from soilcarbon.evaluation.report import render
-    from soilcarbon.serving.predict import load_model, predict_file
+    from soilcarbon.serving.batch import predict_file
+    from soilcarbon.serving.model import load_model
 
     versions = resolve_versions(uris)
     models = [load_model(v.uri) for v in versions]

@@ -150,7 +150,8 @@ def child(uri: str, source: Path, output: Path, chunk_size: int, workers: int) -
     """One run of the command path in this process; prints JSON with seconds and peak RSS."""
     import json
 
-    from soilcarbon.serving.predict import load_model, predict_file
+    from soilcarbon.serving.batch import predict_file
+    from soilcarbon.serving.model import load_model
 
     served = load_model(uri)
     base = peak_rss_mb()
@@ -187,7 +188,7 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    from soilcarbon.serving.predict import load_model
+    from soilcarbon.serving.model import load_model
 
     given_store = os.environ.get("MLFLOW_TRACKING_URI")
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:

@@ -20,7 +20,8 @@ from cli_helpers import cli_in_process, only_error_line
 from conftest import NIRSOIL_CSV, OPUS_DIR
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.serving.predict import load_model, predict_file
+from soilcarbon.serving.batch import predict_file
+from soilcarbon.serving.model import load_model
 
 SEEDS = range(24)
 

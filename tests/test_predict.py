@@ -20,7 +20,9 @@ from cli_helpers import cli_in_process, only_error_line
 from conftest import NIRSOIL_CSV, OPUS_DIR, run_cli
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.serving.predict import OUTPUT_COLUMNS, load_model, predict_file
+from soilcarbon.serving.batch import predict_file
+from soilcarbon.serving.model import load_model
+from soilcarbon.serving.outputs import OUTPUT_COLUMNS
 
 NIR = "models:/soc-nir/1"
 

@@ -19,7 +19,8 @@ from cli_helpers import cli_in_process, only_error_line
 from conftest import NIRSOIL_CSV, OPUS_DIR, run_cli
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.serving.predict import load_model, predict_file, predict_spectra
+from soilcarbon.serving.batch import predict_file, predict_spectra
+from soilcarbon.serving.model import load_model
 
 NIR = "models:/soc-nir/1"
 

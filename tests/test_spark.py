@@ -15,7 +15,8 @@ import pytest
 
 from conftest import NIRSOIL_CSV, run_cli
 from serving_models import environment
-from soilcarbon.serving.predict import OUTPUT_COLUMNS, predict_file
+from soilcarbon.serving.batch import predict_file
+from soilcarbon.serving.outputs import OUTPUT_COLUMNS
 from soilcarbon.serving.spark import spark_available
 
 MISSING = spark_available()

@@ -30,7 +30,7 @@ def scored(tmp_path_factory, shared_data):
     from serving_models import serving_store
     from threadpoolctl import threadpool_limits
 
-    from soilcarbon.serving.predict import predict_file
+    from soilcarbon.serving.batch import predict_file
 
     store = serving_store(tmp_path_factory)
     folder = tmp_path_factory.mktemp("stocks")

@@ -142,7 +142,7 @@ def compare_command(
     Without test data: what each version logged (CV metrics, data, configuration), with a warning when the versions were trained on different data or CV schemes. With --spectra and --target: every version predicts the same samples; per version n, RMSE, R², RPIQ, bias, CCC, PICP, mean width and share outside the domain; per range of the observed values; per pair the RMSE difference with a paired bootstrap interval and a permutation p-value.
     """
     from soilcarbon.evaluation.compare import compare_logged, compare_on_test, resolve_versions
-    from soilcarbon.serving.predict import check_level
+    from soilcarbon.serving.model import check_level
 
     level = check_level(level)
     if resamples < 100:

@@ -8,7 +8,7 @@
 - Test data are read and joined exactly like ``train`` does
   (:func:`~soilcarbon.training.data.load_inputs`, :func:`~soilcarbon.training.data.target_values`);
   samples without the target are counted and dropped. Every version predicts the test file through
-  :func:`~soilcarbon.serving.predict.predict_file`, the code of ``soilcarbon predict``, so the numbers
+  :func:`~soilcarbon.serving.batch.predict_file`, the code of ``soilcarbon predict``, so the numbers
   are those of the predict output; a sample a version cannot predict is reported, and the versions are
   compared on the samples every version predicted.
 - Metrics: :func:`~soilcarbon.training.metrics.regression_metrics` (as ``train`` reports them), Lin's
@@ -249,7 +249,7 @@ def predict_version(model, spectra, covariates, id_col: str, unit: str | None, l
     Covariates are passed only to a version that uses them; a covariates-only version reads the
     covariates table when one is given, else the covariate columns of the spectra table.
     """
-    from soilcarbon.serving.predict import predict_file
+    from soilcarbon.serving.batch import predict_file
 
     source_spectra, source_cov = spectra, None
     if model.axis is None:
@@ -334,7 +334,7 @@ def compare_on_test(versions: list[Version], spectra, target: str, lab=None, cov
     ``models`` (optional) are the versions already loaded with :func:`load_model`, in order;
     ``progress`` (optional) is passed to every version's ``predict_file``.
     """
-    from soilcarbon.serving.predict import check_level, load_model
+    from soilcarbon.serving.model import check_level, load_model
 
     level = check_level(level)
     if spectra is None and covariates is None:

@@ -234,7 +234,7 @@ def transfer_command(
     """Transfer a calibration to a new instrument and register it; the new version takes
     new-instrument spectra. The last line on stdout is its URI, models:/NAME/VERSION.
     """
-    from soilcarbon.serving.predict import load_model
+    from soilcarbon.serving.model import load_model
     from soilcarbon.spectral.readers import read_spectra
 
     if method not in METHODS:

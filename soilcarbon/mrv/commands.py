@@ -67,7 +67,7 @@ def _check_output(path: Path, option: str, suffix: str) -> None:
 
 
 def _level(level: float) -> float:
-    from soilcarbon.serving.predict import check_level
+    from soilcarbon.serving.model import check_level
 
     return check_level(level)
 

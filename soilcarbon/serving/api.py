@@ -37,7 +37,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.serving import web
-from soilcarbon.serving.predict import ServedModel, load_model, predict_spectra, sample_id
+from soilcarbon.serving.batch import predict_spectra
+from soilcarbon.serving.inputs import sample_id
+from soilcarbon.serving.model import ServedModel, load_model
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1000
@@ -457,7 +459,7 @@ def _read_uploads(files: list[UploadFile], folder: Path, model: ServedModel, uni
     if tables:
         path = tables[0]
         if model.axis is None:
-            from soilcarbon.serving.predict import read_covariates
+            from soilcarbon.serving.sources import read_covariates
 
             return None, read_covariates(path, id_col)
         spectra = read_spectra(path, id_col=id_col, unit=unit, allow_nan=True)

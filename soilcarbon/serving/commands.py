@@ -44,7 +44,7 @@ def predict_command(
         summary = predict_spark(model, spectra, output, covariates=covariates, id_col=id_col, unit=unit,
                                 level=level, chunk_size=chunk_size, problems_output=problems, quiet=quiet)
     else:
-        from soilcarbon.serving.predict import predict_file
+        from soilcarbon.serving.batch import predict_file
 
         summary = predict_file(model, output, spectra=spectra, covariates=covariates, id_col=id_col, unit=unit,
                                level=level, chunk_size=chunk_size, id_pattern=id_pattern, quiet=quiet,

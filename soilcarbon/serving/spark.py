@@ -3,7 +3,7 @@
 The model is applied with ``mlflow.pyfunc.spark_udf`` (MLflow ships the model to the executors
 and calls it on Arrow batches); the input is a Parquet table or dataset read by Spark. Before the
 UDF, a ``mapInPandas`` step runs the same per-chunk preparation as the local engine
-(:func:`soilcarbon.serving.predict.prepare_chunk`: alignment to the model axis, per-sample
+(:func:`soilcarbon.serving.inputs.prepare_chunk`: alignment to the model axis, per-sample
 problems), so both engines give the same numbers and the same reasons.
 
 - Local mode (default, ``local[N]``) needs only ``pip install 'soilcarbon[spark]'`` and Java 17+.
@@ -29,22 +29,19 @@ from pathlib import Path
 import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.models.layout import ID_COLUMN
+from soilcarbon.models.soc_model import OUTPUT_COLUMNS as MODEL_OUTPUTS
 from soilcarbon.progress import Progress
-from soilcarbon.serving.predict import (
-    ID_COLUMN,
-    KEEP_PROBLEMS,
-    MODEL_OUTPUTS,
-    OUTPUT_COLUMNS,
+from soilcarbon.serving.batch import KEEP_PROBLEMS, PredictionSummary, nothing_predicted
+from soilcarbon.serving.inputs import plan_input, prepare_chunk
+from soilcarbon.serving.model import check_level, load_model
+from soilcarbon.serving.outputs import OUTPUT_COLUMNS, Writer, check_outputs, write_problems
+from soilcarbon.serving.sources import (
+    DEFAULT_CHUNK_SIZE,
     PARQUET_SUFFIXES,
-    PredictionSummary,
-    _Writer,
-    check_level,
-    check_outputs,
-    load_model,
-    nothing_predicted,
-    plan_input,
-    prepare_chunk,
+    open_parquet,
     read_covariates,
+    stored_unit,
 )
 
 PROBLEM_COLUMN = "_problem"
@@ -128,7 +125,7 @@ def _is_uri(text: str) -> bool:
 
 
 def predict_spark(model, spectra, output, covariates=None, id_col: str = ID_COLUMN, unit: str | None = None,
-                  level: float | None = None, chunk_size: int = 5_000, problems_output=None, quiet: bool = True,
+                  level: float | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, problems_output=None, quiet: bool = True,
                   spark=None, master: str | None = None) -> PredictionSummary:
     """Score a Parquet table with ``mlflow.pyfunc.spark_udf`` and write ``output`` (see the module doc)."""
     from soilcarbon.atomic import atomic_path
@@ -180,27 +177,16 @@ def predict_spark(model, spectra, output, covariates=None, id_col: str = ID_COLU
                 shutil.rmtree(staging, ignore_errors=True)
         summary.n_predicted = summary.n_samples - summary.n_problems
     if problems_output is not None:
-        with atomic_path(Path(problems_output)) as tmp:
-            pd.DataFrame(summary.problems, columns=[ID_COLUMN, "reason"]).to_csv(tmp, index=False)
+        write_problems(problems_output, summary.problems)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _stored_unit(path: str) -> str | None:
     """The unit soilcarbon stores in Parquet metadata, for a local file."""
-    from soilcarbon.spectral.spectra import PARQUET_UNIT_KEY
-
     if _is_uri(path) or not Path(path).is_file():
         return None
-    import pyarrow.parquet as pq
-
-    try:
-        metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
-    except Exception as exc:  # pyarrow raises several types for broken files
-        raise SoilCarbonError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); "
-                              "write it again") from exc
-    stored = metadata.get(PARQUET_UNIT_KEY)
-    return stored.decode() if stored else None
+    return stored_unit(open_parquet(Path(path)))
 
 
 def _read(spark, path: str):
@@ -257,8 +243,7 @@ def _merge(staging: Path, tmp: Path, kind: str, summary: PredictionSummary) -> N
     import pyarrow.parquet as pq
 
     parts = sorted(p for p in staging.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet")
-    writer = _Writer(tmp, kind)
-    try:
+    with Writer(tmp, kind) as writer:
         for part in parts:
             for batch in pq.ParquetFile(part, pre_buffer=False).iter_batches(batch_size=65536):
                 frame = batch.to_pandas()
@@ -269,7 +254,3 @@ def _merge(staging: Path, tmp: Path, kind: str, summary: PredictionSummary) -> N
                 frame["in_domain"] = frame["in_domain"].fillna(False).astype(bool)
                 writer.write(frame[OUTPUT_COLUMNS])
                 summary.n_samples += len(frame)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise

@@ -10,7 +10,7 @@ limit and the error answers are the REST API's own:
   else (model lists, predictions, plots) is fetched by the script with the ``X-API-Key`` header,
   which the page asks for once and keeps in the tab's ``sessionStorage``;
 - uploads go through the same body limit middleware; scoring runs through
-  :func:`soilcarbon.serving.predict.predict_file` (see :mod:`.routes`), so the downloaded CSV is
+  :func:`soilcarbon.serving.batch.predict_file` (see :mod:`.routes`), so the downloaded CSV is
   byte for byte what ``soilcarbon predict`` writes for the same files.
 
 Pages are listed in :data:`PAGES`; a new view (e.g. compare, stocks) adds an entry, a template

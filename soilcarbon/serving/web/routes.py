@@ -4,7 +4,7 @@
 - ``GET /web/fragments/model-options``, ``GET /web/fragments/models``,
   ``GET /web/fragments/models/{name}/{version}/plots``: HTML fragments the script inserts.
 - ``POST /web/predict`` (multipart: ``model``, ``files``, optional ``level`` and ``job``): saves the
-  uploads (:mod:`.uploads`), scores them with :func:`~soilcarbon.serving.predict.predict_file` into
+  uploads (:mod:`.uploads`), scores them with :func:`~soilcarbon.serving.batch.predict_file` into
   a temporary CSV and answers the result fragment, which embeds that CSV for download.
 - ``GET /web/progress/{job}``: phase and progress of a running ``POST /web/predict``.
 - ``GET /compare``, ``GET /stocks`` and their routes: :mod:`.views`.
@@ -97,7 +97,7 @@ class Models:
         self.cache: collections.OrderedDict = collections.OrderedDict()
 
     def get(self, resolved_uri: str):
-        from soilcarbon.serving.predict import load_model
+        from soilcarbon.serving.model import load_model
 
         served = self.served_state["model"]
         if served.uri == resolved_uri:
@@ -161,7 +161,8 @@ def result_rows(text: pd.DataFrame) -> list[dict]:
 def plotted_spectra(model, path: Path, n_rows: int):
     """The input's spectra on the model's axis, read again through the batch path
     (``open_input`` + ``prepare_chunk``); rows of problems are NaN. None for covariates models."""
-    from soilcarbon.serving.predict import open_input, prepare_chunk
+    from soilcarbon.serving.inputs import prepare_chunk
+    from soilcarbon.serving.sources import open_input
 
     if model.axis is None:
         return None
@@ -182,7 +183,7 @@ def clean_message(message: str, folder: Path) -> str:
 
 
 def parse_level(text: str | None) -> float | None:
-    from soilcarbon.serving.predict import check_level
+    from soilcarbon.serving.model import check_level
 
     return None if text is None or not str(text).strip() else check_level(str(text).strip())
 
@@ -269,7 +270,7 @@ def install_routes(app, needs_key: bool) -> None:
     def predict(model: str = Form(...), files: list[UploadFile] = File(default=[]), level: str = Form(""),
                 job: str = Form("")):
         from soilcarbon.registry import resolve as resolve_model_uri
-        from soilcarbon.serving.predict import predict_file
+        from soilcarbon.serving.batch import predict_file
 
         state = jobs.start(job)
         try:

@@ -1,7 +1,7 @@
 """Uploaded files of the web page, saved into a job folder and turned into one input path.
 
 The page accepts one CSV/Parquet table, or Bruker OPUS files (several ``.0`` files and/or ``.zip``
-archives of them). The result is the path :func:`soilcarbon.serving.predict.predict_file` reads:
+archives of them). The result is the path :func:`soilcarbon.serving.batch.predict_file` reads:
 the table, the single OPUS file, or a folder of OPUS files, so scoring runs on the batch path of
 ``soilcarbon predict`` itself.
 
