@@ -39,6 +39,7 @@ class Interrupted(BaseException):
 
 _raised = False
 _received: int | None = None
+_active = False  # inside handle_signals
 
 
 def _raise_interrupted(signum, frame) -> None:
@@ -62,7 +63,7 @@ def raise_if_interrupted() -> None:
     collection) is printed and swallowed by Python, and the work goes on; this is called before
     an output is put in place (:func:`soilcarbon.atomic.atomic_path`) and when the command ends,
     so such a run still leaves nothing and exits 128 + signal."""
-    if _received is not None:
+    if _active and _received is not None:
         raise Interrupted(_received)
 
 
@@ -72,10 +73,10 @@ def handle_signals():
     previous handlers come back after it (the CLI may run inside another program, e.g. tests).
     A SIGINT ignored on start (a background job of a non-interactive shell, ``nohup``) stays
     ignored."""
-    global _raised, _received
+    global _raised, _received, _active
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        _raised, _received = False, None
+        _raised, _received, _active = False, None, True
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 previous[signum] = signal.signal(signum, _raise_interrupted)
@@ -83,6 +84,7 @@ def handle_signals():
         yield
         raise_if_interrupted()
     finally:
+        _active = False
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
