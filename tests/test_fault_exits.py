@@ -242,6 +242,7 @@ def test_the_cli_restores_the_signal_handlers_of_its_host(capsys):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exception, on purpose
 def test_a_signal_whose_exception_python_swallows_still_leaves_no_output(tmp_path):
     """A signal handled inside ``__del__`` (as in SQLAlchemy's weakref callbacks during garbage
     collection): Python prints and swallows the exception and the work goes on; the output must
