@@ -62,9 +62,22 @@ def raise_if_interrupted() -> None:
     exception that lands in a weakref callback or ``__del__`` (e.g. SQLAlchemy's during garbage
     collection) is printed and swallowed by Python, and the work goes on; this is called before
     an output is put in place (:func:`soilcarbon.atomic.atomic_path`) and when the command ends,
-    so such a run still leaves nothing and exits 128 + signal."""
+    so such a run still leaves nothing and exits 128 + signal. Python's "Exception ignored"
+    report of such a swallowed signal is kept off stderr by :func:`_quiet_swallowed_signal`."""
     if _active and _received is not None:
         raise Interrupted(_received)
+
+
+def _quiet_swallowed_signal(previous_hook):
+    """A ``sys.unraisablehook`` that drops Python's traceback for a swallowed :class:`Interrupted`
+    (the signal is re-raised by :func:`raise_if_interrupted`, so the user sees one ``error:``
+    line) and passes everything else to ``previous_hook``."""
+
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, Interrupted):
+            previous_hook(unraisable)
+
+    return hook
 
 
 @contextlib.contextmanager
@@ -75,8 +88,10 @@ def handle_signals():
     ignored."""
     global _raised, _received, _active
     previous = {}
+    previous_hook = sys.unraisablehook
     if threading.current_thread() is threading.main_thread():
         _raised, _received, _active = False, None, True
+        sys.unraisablehook = _quiet_swallowed_signal(previous_hook)
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 previous[signum] = signal.signal(signum, _raise_interrupted)
@@ -85,6 +100,7 @@ def handle_signals():
         raise_if_interrupted()
     finally:
         _active = False
+        sys.unraisablehook = previous_hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
