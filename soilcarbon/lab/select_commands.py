@@ -17,16 +17,10 @@ import typer
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.lab import selection
-from soilcarbon.spectral.spectra import Spectra
+from soilcarbon.spectral.spectra import Spectra, ids_text
 
 METHODS = ("kennard-stone", "duplex", "puchwein", "clhs")
 SPACES = ("pca", "spectra", "covariates")
-
-
-def _ids_text(ids, limit: int = 5) -> str:
-    ids = [str(i) for i in ids]
-    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
-    return ", ".join(ids[:limit]) + more
 
 
 @dataclass
@@ -61,7 +55,7 @@ def _covariate_matrix(covariates: pd.DataFrame, id_col: str, ids, source: str) -
     table = table.set_index(id_col)
     missing = [i for i in ids if i not in table.index]
     if missing:
-        raise SoilCarbonError(f"{source}: no covariates for sample(s) {_ids_text(missing)}; "
+        raise SoilCarbonError(f"{source}: no covariates for sample(s) {ids_text(missing)}; "
                               "every candidate needs a row")
     table = table.loc[list(ids), names]
     values = numeric_block(table, f"{source}: covariate", ids=np.asarray(ids))
@@ -135,10 +129,10 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
         position = {sample: row for row, sample in enumerate(ids)}
         unknown = [i for i in include if i not in position]
         if unknown:
-            raise SoilCarbonError(f"included sample(s) {_ids_text(unknown)} are not among the candidates in {source}")
+            raise SoilCarbonError(f"included sample(s) {ids_text(unknown)} are not among the candidates in {source}")
         repeated = sorted({i for i in include if include.count(i) > 1})
         if repeated:
-            raise SoilCarbonError(f"included sample(s) {_ids_text(repeated)} are listed more than once")
+            raise SoilCarbonError(f"included sample(s) {ids_text(repeated)} are listed more than once")
         if len(include) > n:
             raise SoilCarbonError(f"{len(include)} samples are to be included but only {n} selected; "
                                   f"ask for at least {len(include)}")
@@ -163,7 +157,7 @@ def select_samples(spectra: Spectra | None, n: int, *, method: str = "kennard-st
                 flat = np.flatnonzero(what.values.max(axis=1) == what.values.min(axis=1))
                 if flat.size:
                     raise SoilCarbonError(f"{what.source or 'spectra'}: flat spectrum (all values equal) in "
-                                          f"sample(s) {_ids_text(what.ids[flat])}; SNV cannot scale it, remove it")
+                                          f"sample(s) {ids_text(what.ids[flat])}; SNV cannot scale it, remove it")
         if library is not None:
             X, reference = selection.pca_space(spectra.values, n_components, reference=library.values)
         else:

@@ -26,16 +26,11 @@ from rich.table import Table
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.lab.transfer import METHODS, TransferFit, check_count, fit_transfer, loo_mapped
 from soilcarbon.models.transferred import TransferredModel
-from soilcarbon.spectral.spectra import Spectra, format_axis_value
+from soilcarbon.spectral.spectra import Spectra, format_axis_value, ids_text
 
 #: Largest ratio between the typical magnitudes of the two instruments' spectra: beyond it the
 #: files are in different units (absorbance vs. reflectance, % vs. fraction).
 MAX_SCALE_RATIO = 5.0
-
-
-def _ids_text(ids, limit: int = 8) -> str:
-    ids = [str(i) for i in ids]
-    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def ids_digest(ids) -> str:
@@ -53,7 +48,7 @@ def transfer_pairs(source: Spectra, target: Spectra, samples: list[str] | None =
         for side, present, spectra in (("source", in_source, source), ("target", in_target, target)):
             missing = [i for i in samples if i not in present]
             if missing:
-                problems.append(f"not in the {side} file {spectra.source}: {_ids_text(missing)}")
+                problems.append(f"not in the {side} file {spectra.source}: {ids_text(missing, 8)}")
         if problems:
             raise SoilCarbonError("transfer sample(s) " + "; ".join(problems))
         check_count(len(samples))
@@ -63,9 +58,9 @@ def transfer_pairs(source: Spectra, target: Spectra, samples: list[str] | None =
     if only_source or only_target:
         parts = []
         if only_source:
-            parts.append(f"only in the source file {source.source}: {_ids_text(only_source)}")
+            parts.append(f"only in the source file {source.source}: {ids_text(only_source, 8)}")
         if only_target:
-            parts.append(f"only in the target file {target.source}: {_ids_text(only_target)}")
+            parts.append(f"only in the target file {target.source}: {ids_text(only_target, 8)}")
         raise SoilCarbonError("source and target must hold the same samples; " + "; ".join(parts) +
                               " (pass --samples IDS.csv to use a subset)")
     check_count(len(source.ids))
@@ -134,7 +129,7 @@ def transfer(base, source: Spectra, target: Spectra, samples: list[str] | None =
     if layout.n_spectral == 0:
         raise SoilCarbonError("the base model uses covariates only: there are no spectra to transfer")
     if layout.covariates:
-        raise SoilCarbonError(f"the base model also uses covariates ({_ids_text(layout.covariates)}); "
+        raise SoilCarbonError(f"the base model also uses covariates ({ids_text(layout.covariates, 8)}); "
                               "transfer supports spectra-only models")
     if method not in METHODS:
         raise SoilCarbonError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")

@@ -15,13 +15,7 @@ import numpy as np
 import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.spectral.spectra import Spectra
-
-
-def _ids_text(ids, limit: int = 5) -> str:
-    ids = [str(i) for i in ids]
-    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
-    return ", ".join(ids[:limit]) + more
+from soilcarbon.spectral.spectra import Spectra, ids_text
 
 
 def read_lab(path, id_col: str = "sample_id", noun: str = "lab") -> pd.DataFrame:
@@ -53,7 +47,7 @@ def read_lab(path, id_col: str = "sample_id", noun: str = "lab") -> pd.DataFrame
     lab.columns = [str(c).strip() for c in lab.columns]
     if id_col not in lab.columns:
         raise SoilCarbonError(
-            f"{path}: id column {id_col!r} not found in the {noun} table (columns: {_ids_text(lab.columns)}); "
+            f"{path}: id column {id_col!r} not found in the {noun} table (columns: {ids_text(lab.columns)}); "
             "pass the id column name"
         )
     lab[id_col] = checked_ids(lab, id_col, str(path), noun)
@@ -70,10 +64,10 @@ def checked_ids(table: pd.DataFrame, id_col: str, source: str, noun: str, from_f
         positions = (np.where(empty)[0] + (2 if from_file else 1)).tolist()  # +2: header line, 1-based
         where = "line(s)" if from_file else "row(s)"
         raise SoilCarbonError(f"{source}: {int(empty.sum())} {noun} row(s) without {id_col!r} ({where} "
-                              f"{_ids_text(positions)}); every row needs an id")
+                              f"{ids_text(positions)}); every row needs an id")
     duplicated = ids[ids.duplicated()].unique()
     if len(duplicated):
-        raise SoilCarbonError(f"{source}: duplicate ids in the {noun} table: {_ids_text(duplicated)}; "
+        raise SoilCarbonError(f"{source}: duplicate ids in the {noun} table: {ids_text(duplicated)}; "
                               "keep one row per sample")
     return ids.astype(object)
 
@@ -103,9 +97,9 @@ class JoinReport:
     def summary(self) -> str:
         text = f"{self.n_matched} of {self.n_spectra} spectra matched a lab row"
         if self.only_in_spectra:
-            text += f"; without lab values: {_ids_text(self.only_in_spectra)}"
+            text += f"; without lab values: {ids_text(self.only_in_spectra)}"
         if self.only_in_lab:
-            text += f"; lab rows without spectra: {_ids_text(self.only_in_lab)}"
+            text += f"; lab rows without spectra: {ids_text(self.only_in_lab)}"
         return text
 
 
@@ -123,7 +117,7 @@ def join_lab(spectra: Spectra, lab: pd.DataFrame, id_col: str = "sample_id") -> 
         raise SoilCarbonError(f"{source}: {int(lab_ids.isna().sum())} lab row(s) without {id_col!r}")
     if lab_ids.duplicated().any():
         raise SoilCarbonError(f"{source}: duplicate ids in the lab table: "
-                              f"{_ids_text(lab_ids[lab_ids.duplicated()].unique())}; keep one row per sample")
+                              f"{ids_text(lab_ids[lab_ids.duplicated()].unique())}; keep one row per sample")
     spec_ids = pd.Index([str(i).strip() for i in spectra.ids])
     lab_index = pd.Index(lab_ids.astype(object))
     positions = lab_index.get_indexer(spec_ids)
@@ -134,14 +128,14 @@ def join_lab(spectra: Spectra, lab: pd.DataFrame, id_col: str = "sample_id") -> 
                         only_in_spectra=only_in_spectra, only_in_lab=only_in_lab)
     if not matched.any():
         raise SoilCarbonError(
-            f"{source}: no lab id matches a spectrum id (spectra: {_ids_text(spectra.ids, 3)}; "
-            f"lab: {_ids_text(lab_index, 3)}); check the id column and the id rule"
+            f"{source}: no lab id matches a spectrum id (spectra: {ids_text(spectra.ids, 3)}; "
+            f"lab: {ids_text(lab_index, 3)}); check the id column and the id rule"
         )
     values = lab.drop(columns=[id_col]).reset_index(drop=True)
     clash = [c for c in values.columns if c in spectra.meta.columns]
     if clash:
         raise SoilCarbonError(
-            f"{source}: column(s) {_ids_text(clash)} exist in both the spectra and the lab table; "
+            f"{source}: column(s) {ids_text(clash)} exist in both the spectra and the lab table; "
             "rename or drop them on one side"
         )
     kept = spectra.take(np.where(matched)[0])

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.spectral.spectra import Spectra, check_unit, format_axis_value
+from soilcarbon.spectral.spectra import Spectra, check_unique_headers, check_unit, format_axis_value
 
 TABLE_SUFFIXES = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 OPUS_MAGIC = b"\n\n\xfe\xfe"
@@ -97,17 +97,7 @@ def _table_to_frame(table, id_col: str, path: Path):
     """Arrow table -> pandas, after checking headers; all-empty columns become float."""
     import pyarrow as pa
 
-    names = [str(n) for n in table.column_names]
-    seen, duplicated = set(), []
-    for name in names:
-        if name in seen and name not in duplicated:
-            duplicated.append(name)
-        seen.add(name)
-    if duplicated:
-        raise SoilCarbonError(
-            f"{path}: column(s) {', '.join(repr(d) for d in duplicated[:5])} appear more than once; "
-            "every column header must be unique"
-        )
+    check_unique_headers(table.column_names, str(path))
     for position, column in enumerate(table.schema):
         if pa.types.is_null(column.type):
             target = pa.string() if column.name == id_col else pa.float64()

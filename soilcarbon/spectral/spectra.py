@@ -71,15 +71,7 @@ def spectral_header(columns, id_col: str, unit: str | None = None, stored_unit: 
     their values are also plausible wavelengths (nm exported high-to-low is not cm-1).
     """
     where = _where(source)
-    names = [str(c) for c in columns]
-    seen, repeated = set(), []
-    for name in names:
-        if name in seen and name not in repeated:
-            repeated.append(name)
-        seen.add(name)
-    if repeated:
-        raise SoilCarbonError(f"{where}column(s) {', '.join(repr(r) for r in repeated[:5])} appear more than once; "
-                              "every column header must be unique")
+    names = check_unique_headers(columns, source)
     parsed = [(position, name, parse_spectral_header(name)) for position, name in enumerate(names) if name != id_col]
     spectral = [(position, name, p) for position, name, p in parsed if p is not None]
     if len(spectral) < 2:
@@ -181,11 +173,27 @@ def check_resolution(axis, unit: str, target, target_unit: str, source: str = ""
             f"{len(target)} points (step {wanted:.3g} {target_unit}) by linear interpolation")
 
 
+def check_unique_headers(columns, source: str = "") -> list[str]:
+    """The headers as strings; an error naming the repeated ones (a repeated header would be read
+    as another axis point, or silently renamed by pandas)."""
+    names = [str(c) for c in columns]
+    seen, repeated = set(), []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    if repeated:
+        raise SoilCarbonError(f"{_where(source)}column(s) {', '.join(repr(r) for r in repeated[:5])} appear more "
+                              "than once; every column header must be unique")
+    return names
+
+
 def _where(source: str) -> str:
     return f"{source}: " if source else ""
 
 
-def _ids_text(ids, limit: int = 5) -> str:
+def ids_text(ids, limit: int = 5) -> str:
+    """The first ``limit`` ids for a message, and how many more."""
     ids = [str(i) for i in ids]
     more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
     return ", ".join(ids[:limit]) + more
@@ -248,14 +256,14 @@ class Spectra:
             )
         duplicated = pd.Index(self.ids)[pd.Index(self.ids).duplicated()].unique()
         if len(duplicated):
-            raise SoilCarbonError(f"{where}duplicate sample ids: {_ids_text(duplicated)}; ids must be unique")
+            raise SoilCarbonError(f"{where}duplicate sample ids: {ids_text(duplicated)}; ids must be unique")
         if np.isinf(self.values).any():
             rows = np.where(np.isinf(self.values).any(axis=1))[0]
-            raise SoilCarbonError(f"{where}infinite values in sample(s) {_ids_text(self.ids[rows])}")
+            raise SoilCarbonError(f"{where}infinite values in sample(s) {ids_text(self.ids[rows])}")
         if not self.allow_nan and np.isnan(self.values).any():
             rows = np.where(np.isnan(self.values).any(axis=1))[0]
             raise SoilCarbonError(
-                f"{where}missing values in sample(s) {_ids_text(self.ids[rows])}; "
+                f"{where}missing values in sample(s) {ids_text(self.ids[rows])}; "
                 "fill or remove them, or allow missing values explicitly"
             )
         meta = pd.DataFrame() if self.meta is None else pd.DataFrame(self.meta)
@@ -300,7 +308,7 @@ class Spectra:
         positions = index.get_indexer(ids)
         if (positions < 0).any():
             missing = [i for i, p in zip(ids, positions) if p < 0]
-            raise SoilCarbonError(f"{_where(self.source)}unknown sample id(s): {_ids_text(missing)}")
+            raise SoilCarbonError(f"{_where(self.source)}unknown sample id(s): {ids_text(missing)}")
         return self.take(positions)
 
     def take(self, positions) -> "Spectra":
