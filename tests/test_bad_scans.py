@@ -221,6 +221,48 @@ def test_descending_nm_columns_need_the_unit(store, tmp_path, capsys, nir_rows):
     assert pd.read_csv(out)["prediction"].notna().all()
 
 
+def test_the_cli_and_the_pyfunc_read_a_table_by_one_rule(store, tmp_path, capsys, nir_rows):
+    """The pyfunc had its own copy of the table -> matrix step; the two disagreed. Unprefixed columns
+    running 2498..1100 were taken for the model's nm by the pyfunc (the CLI asks for the unit: they
+    could be cm-1); an infinite value was the pyfunc's "beyond what the model can process" and text
+    in a cell named no sample. Both now go through ``soilcarbon.models.matrix``."""
+    import mlflow
+
+    from soilcarbon.errors import SoilCarbonError
+
+    columns = spectral_columns(nir_rows)
+    python_model = mlflow.pyfunc.load_model(NIR).unwrap_python_model()  # MLflow's schema check would reorder
+    descending = nir_rows.head(4)[["sample_id", *columns[::-1]]]
+    line = predict_error(capsys, tmp_path, descending)
+    with pytest.raises(SoilCarbonError) as info:
+        python_model.predict(None, descending)
+    refused = "spectral columns run downwards from '2498' to '1100': as wavenumbers (cm-1) or as wavelengths (nm)"
+    assert refused in line and refused in str(info.value)
+    (tmp_path / "input.csv").unlink()
+
+    source, problems = tmp_path / "input.csv", tmp_path / "problems.csv"
+
+    def cli_reasons(table: pd.DataFrame) -> list:
+        table.to_csv(source, index=False)
+        code, _, stderr = cli_in_process(capsys, "predict", "--model", NIR, "--spectra", source, "-o",
+                                         tmp_path / "pred.csv", "--problems", problems, "--quiet")
+        assert code == 0, stderr
+        return pd.read_csv(problems)["reason"].tolist()
+
+    frame = nir_rows.head(4)[["sample_id", *columns]].astype({columns[5]: object})
+    frame.loc[1, columns[5]] = np.inf
+    reason = "infinite value in column '1110'"
+    assert cli_reasons(frame) == [reason]
+    result = python_model.predict(None, frame)
+    assert result["prediction"].isna().tolist() == [False, True, False, False]
+    assert result.attrs["failures"] == {1: reason}
+    frame.loc[1, columns[5]] = "abc"
+    reason = "non-numeric value 'abc' in column '1110'"
+    assert cli_reasons(frame) == [reason]
+    with pytest.raises(SoilCarbonError, match=f"the input: sample {nir_rows['sample_id'][1]}: {reason}; fix the value"):
+        python_model.predict(None, frame)
+
+
 # ------------------------------------------------------------------------------------------ 2. coarse grid
 def test_coarser_grid_than_the_model(store, tmp_path, capsys, nir_rows):
     """10 nm data for the 2 nm model is refused with the factor; 4 nm is re-gridded and said so."""
@@ -294,5 +336,5 @@ def test_rest_covariates_model_reports_a_sample_without_covariates(store):
         answer = client.post("/v1/predict", json={"samples": samples})
     assert answer.status_code == 200, answer.text
     rows = answer.json()["predictions"]
-    assert [r["problem"] for r in rows] == [None, "no row in the covariates table of the request", "no sample id"]
+    assert [r["problem"] for r in rows] == [None, "no covariates row for this sample in the request", "no sample id"]
     assert rows[0]["prediction"] is not None and rows[1]["prediction"] is None and rows[2]["prediction"] is None

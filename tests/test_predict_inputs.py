@@ -230,7 +230,8 @@ def test_predict_spectra_rejects_requests_that_do_not_fit_the_model(nir, cov, ni
         predict_spectra(nir, None, good)
     with pytest.raises(SoilCarbonError, match="the model models:/soc-nir/1 needs covariates ndvi"):
         predict_spectra(dataclasses.replace(nir, covariates=["ndvi"]), spectra)
-    with pytest.raises(SoilCarbonError, match="covariate\\(s\\) twi missing; the model needs ndvi, elevation, twi"):
+    with pytest.raises(SoilCarbonError, match="the request: covariate column\\(s\\) twi missing; the model models:/soc-cov/1 "
+                                              "was trained on ndvi, elevation, twi"):
         predict_spectra(cov, None, good.drop(columns=["twi"]))
     bad = good.astype({"ndvi": object})
     bad.loc["P2", "ndvi"] = "high"

@@ -9,6 +9,7 @@ import pytest
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import FeatureLayout
+from soilcarbon.models.matrix import plan_spectra, table_matrix
 from soilcarbon.spectral.spectra import Spectra
 from soilcarbon.training import cv
 from soilcarbon.training.config import parse_config
@@ -57,8 +58,19 @@ def test_spectra_and_covariates_without_common_ids():
 
 
 def test_a_training_spectrum_with_missing_values_is_named():
-    with pytest.raises(SoilCarbonError, match="spectrum of sample B has missing values"):
+    with pytest.raises(SoilCarbonError, match=r"spectra: sample B: 1 missing spectral value\(s\), first in column "
+                                              "'1104'; remove or fix it before training"):
         assemble(_spectra(["A", "B", "C"], nan_row=1), "soc")
+
+
+def test_an_infinite_training_covariate_is_named():
+    """Training used to pass an infinite covariate on to the regressor; it now has the per-row rule
+    of every other input (here strict: it stops training, naming sample and covariate)."""
+    table = _covariates().assign(ndvi=lambda t: t["ndvi"].where(t.index != 3, np.inf))
+    with pytest.raises(SoilCarbonError, match="cov.csv: sample S3: covariate 'ndvi' is infinite; remove or fix it"):
+        assemble(None, "soc", table, reserved=("x", "y"), covariates_source="cov.csv")
+    data = assemble(None, "soc", _covariates(), reserved=("x", "y"), covariates_source="cov.csv")
+    assert data.layout.covariates == ["ndvi"] and data.X[:, 0].tolist() == _covariates()["ndvi"].tolist()
 
 
 def test_nothing_to_train_on():
@@ -84,23 +96,33 @@ def test_cv_columns_must_exist_and_be_complete():
 
 
 # ------------------------------------------------------------------ layout
-def test_layout_refuses_input_it_cannot_use():
+def test_the_model_matrix_refuses_input_it_cannot_use():
     layout = FeatureLayout(np.arange(1100, 1110, 2.0), "nm", ["ndvi"])
     frame = pd.DataFrame({"sample_id": ["a"], **{str(v): [1.0] for v in range(1100, 1110, 2)}, "ndvi": [0.5]})
-    assert layout.frame_to_matrix(frame).tolist() == [[1.0] * 5 + [0.5]]
-    with pytest.raises(SoilCarbonError, match="covariate column\\(s\\) ndvi missing from the input"):
-        layout.frame_to_matrix(frame.drop(columns=["ndvi"]))
-    with pytest.raises(SoilCarbonError, match="covariates column 'ndvi' is not numeric \\(value 'x'\\)"):
-        layout.frame_to_matrix(frame.assign(ndvi=["x"]))
-    with pytest.raises(SoilCarbonError, match="no spectral columns in the input; the model expects 5 points 1100-1108 nm"):
-        layout.frame_to_matrix(frame[["sample_id", "ndvi"]])
+    X, reasons = table_matrix(layout, frame)
+    assert X.tolist() == [[1.0] * 5 + [0.5]] and reasons == {}
+    shuffled = frame[["ndvi", "sample_id", *map(str, range(1100, 1110, 2))]].set_axis([7], axis=0)
+    assert table_matrix(layout, shuffled)[0].tolist() == [[1.0] * 5 + [0.5]]  # order [spectra | covariates]
+    with pytest.raises(SoilCarbonError, match="the input: covariate column\\(s\\) ndvi missing; the model needs "
+                                              "ndvi: add them$"):
+        table_matrix(layout, frame.drop(columns=["ndvi"]))
+    with pytest.raises(SoilCarbonError, match="the input: sample a: non-numeric value 'x' in covariate 'ndvi'"):
+        table_matrix(layout, frame.assign(ndvi=["x"]))
+    with pytest.raises(SoilCarbonError, match="the input: no spectral columns found; the model expects 5 points "
+                                              "1100-1108 nm"):
+        table_matrix(layout, frame[["sample_id", "ndvi"]])
     narrow = pd.DataFrame({"sample_id": ["a"], "1102": [1.0], "1104": [1.0], "ndvi": [0.5]})
-    with pytest.raises(SoilCarbonError, match="spectra cover 1102-1104 nm but 1100-1108 nm is needed"):
-        layout.frame_to_matrix(narrow)
-    with pytest.raises(SoilCarbonError, match="this model needs spectra"):
-        layout.matrix(None, frame)
-    with pytest.raises(SoilCarbonError, match="this model needs covariates ndvi"):
-        FeatureLayout(None, None, ["ndvi"]).matrix(None, None)
+    with pytest.raises(SoilCarbonError, match="the input: the spectra cover 1102.00-1104.00 nm but the model needs "
+                                              "1100.00-1108.00 nm"):
+        table_matrix(layout, narrow)
+    with pytest.raises(SoilCarbonError, match="the model needs spectra on 5 points 1100-1108 nm"):
+        plan_spectra(layout, None, "the request")
+    covariates_only = FeatureLayout(None, None, ["ndvi"])
+    with pytest.raises(SoilCarbonError, match="^the model needs covariates ndvi$"):
+        plan_spectra(covariates_only, None, "the request", covariates_option="")
+    with pytest.raises(SoilCarbonError, match="^the request: covariate column\\(s\\) ndvi missing; the model was "
+                                              "trained on ndvi$"):
+        plan_spectra(covariates_only, None, "x", covariates=pd.DataFrame({"twi": [1.0]}), covariate_source="the request")
 
 
 # -------------------------------------------------------- CLI, before training

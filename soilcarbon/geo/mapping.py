@@ -288,17 +288,17 @@ class WindowPredictor:
         return out
 
     def covariate_matrix(self, arrays: dict) -> np.ndarray:
-        """(pixels, covariates) in the model's covariate order, indices computed on the fly."""
+        """(pixels, covariates) in the model's covariate order (:func:`soilcarbon.models.matrix.covariate_block`),
+        indices computed on the fly."""
         from soilcarbon.geo import indices as idx
+        from soilcarbon.models.matrix import covariate_block
 
-        columns = []
+        columns = dict(arrays)
+        bands = {role: arrays[col] for role, col in self.plan.roles.items()}
         for name in self.plan.covariates:
             if name in self.plan.indices:
-                value = idx.compute(name, {role: arrays[col] for role, col in self.plan.roles.items()})
-            else:
-                value = arrays[name]
-            columns.append(np.ravel(value))
-        return np.column_stack(columns)
+                columns[name] = idx.compute(name, bands)
+        return covariate_block(self.plan, columns)
 
     def __call__(self, window) -> tuple[object, np.ndarray, int, int]:
         """(window, float32 array (4, h, w), valid pixels, out-of-domain pixels)."""

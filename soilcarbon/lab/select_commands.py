@@ -42,7 +42,7 @@ class Selection:
 
 def _covariate_matrix(covariates: pd.DataFrame, id_col: str, ids, source: str) -> np.ndarray:
     """The covariates of ``ids`` (rows in that order), numeric and complete."""
-    from soilcarbon.models.layout import numeric_block
+    from soilcarbon.models.matrix import numeric_block
     from soilcarbon.spectral.lab import checked_ids
 
     if id_col not in covariates.columns:

@@ -39,7 +39,7 @@ class SOCPyfunc(PythonModel):
         """What :meth:`predict` returns (without ``sample_id``) for a table whose columns after
         ``sample_id`` are exactly the signature's, given as the matrix ``X`` in that order.
 
-        :meth:`predict` turns such a table into this matrix (``FeatureLayout.frame_to_matrix``);
+        :meth:`predict` turns such a table into this matrix (:func:`soilcarbon.models.matrix.table_matrix`);
         batch prediction, which holds the matrix already, calls this directly instead of building
         a table of 700 columns only to have it taken apart again.
         """

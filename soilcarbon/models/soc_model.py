@@ -16,6 +16,7 @@ import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN, FeatureLayout
+from soilcarbon.models.matrix import table_matrix
 from soilcarbon.spectral.pipeline import shared_preprocessing
 from soilcarbon.spectral.quality import scan_problems
 
@@ -111,11 +112,19 @@ class SOCModel:
         return prediction, lower, upper, score
 
     def predict_frame(self, frame: pd.DataFrame, level: float | None = None) -> pd.DataFrame:
-        """Predictions for a wide table; the ``sample_id`` column is carried over when present."""
-        result = self.predict_matrix(self.layout.frame_to_matrix(frame), level)
-        if ID_COLUMN in frame.columns:
-            result.insert(0, ID_COLUMN, frame[ID_COLUMN].astype(str).to_numpy())
-        return result
+        """Predictions for a wide table (:func:`predict_table`)."""
+        return predict_table(self, frame, level)
+
+
+def predict_table(model, frame: pd.DataFrame, level: float | None = None) -> pd.DataFrame:
+    """``model.predict_matrix`` of a wide table (:func:`soilcarbon.models.matrix.table_matrix`); rows
+    the table leaves out join the failures; the ``sample_id`` column is carried over when present."""
+    X, reasons = table_matrix(model.layout, frame)
+    result = model.predict_matrix(X, level)
+    result.attrs["failures"] = {**result.attrs["failures"], **reasons}
+    if ID_COLUMN in frame.columns:
+        result.insert(0, ID_COLUMN, frame[ID_COLUMN].astype(str).to_numpy())
+    return result
 
 
 

@@ -27,8 +27,7 @@ import numpy as np
 import pandas as pd
 
 from soilcarbon.lab.transfer import conformal_quantile
-from soilcarbon.models.layout import ID_COLUMN
-from soilcarbon.models.soc_model import MAX_ABS_VALUE
+from soilcarbon.models.soc_model import MAX_ABS_VALUE, predict_table
 
 
 @dataclass
@@ -94,7 +93,4 @@ class TransferredModel:
 
     def predict_frame(self, frame: pd.DataFrame, level: float | None = None) -> pd.DataFrame:
         """Predictions for a wide table of new-instrument spectra (``sample_id`` carried over)."""
-        result = self.predict_matrix(self.layout.frame_to_matrix(frame), level)
-        if ID_COLUMN in frame.columns:
-            result.insert(0, ID_COLUMN, frame[ID_COLUMN].astype(str).to_numpy())
-        return result
+        return predict_table(self, frame, level)

@@ -36,9 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from soilcarbon.errors import SoilCarbonError
+from soilcarbon.models.matrix import sample_id
 from soilcarbon.serving import web
 from soilcarbon.serving.batch import predict_spectra
-from soilcarbon.serving.inputs import sample_id
 from soilcarbon.serving.model import ServedModel, load_model
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024

@@ -1,6 +1,7 @@
 """Batch prediction: a file (or in-memory spectra) in, one output row per sample out, in order.
 
-- :func:`predict_file` opens the input (:mod:`.sources`), prepares each chunk (:mod:`.inputs`),
+- :func:`predict_file` opens the input (:mod:`.sources`), prepares each chunk
+  (:mod:`soilcarbon.models.matrix`),
   predicts the chunks in parallel (:mod:`.parallel`) and streams the rows into the output
   (:mod:`.outputs`), atomically.
 - Per-sample problems give that sample an empty prediction and a reason; the others go on.
@@ -23,8 +24,8 @@ import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN
+from soilcarbon.models.matrix import Prepared, plan_spectra, prepare_chunk
 from soilcarbon.progress import Progress
-from soilcarbon.serving.inputs import InputPlan, Prepared, check_alignment, prepare_chunk
 from soilcarbon.serving.model import ServedModel, check_level, load_model
 from soilcarbon.serving.outputs import Writer, check_outputs, write_problems
 from soilcarbon.serving.parallel import default_workers, one_openmp_thread, ordered_map
@@ -92,23 +93,9 @@ def predict_spectra(model: ServedModel, spectra: Spectra | None, covariates: pd.
         ids = spectra.ids if spectra is not None else covariates.index.to_numpy(dtype=object)
     ids = np.asarray([None if i is None else str(i) for i in ids], dtype=object)
     source = (spectra.source if spectra is not None else "") or "the request"
-    plan = InputPlan(source=source, id_col=ID_COLUMN, line_offset=0)
-    values = None
-    if model.axis is not None:
-        if spectra is None:
-            raise SoilCarbonError(f"the model {model.uri} needs spectra on {len(model.axis)} points "
-                                  f"{format_axis_value(model.axis[0])}-{format_axis_value(model.axis[-1])} {model.unit}")
-        plan.spectral_columns, plan.axis, plan.unit = spectra.columns, spectra.axis, spectra.unit
-        plan.exact = check_alignment(model, spectra.axis, spectra.unit, source)
-        values = spectra.values
-    if model.covariates:
-        if covariates is None:
-            raise SoilCarbonError(f"the model {model.uri} needs covariates {', '.join(model.covariates)}")
-        missing = [c for c in model.covariates if c not in covariates.columns]
-        if missing:
-            raise SoilCarbonError(f"covariate(s) {', '.join(missing)} missing; the model needs "
-                                  f"{', '.join(model.covariates)}")
-        plan.covariate_table, plan.covariate_source = covariates, "of the request"
+    plan = plan_spectra(model, spectra, source, covariates=covariates, covariate_source="the request",
+                        covariates_option="")
+    values = spectra.values if model.axis is not None else None
     prepared = prepare_chunk(model, plan, pd.DataFrame(index=range(0)), 0, ids, values)
     out = predict_prepared(model, prepared, level)
     out["problem"] = pd.array([prepared.reasons.get(row) for row in range(len(out))], dtype="string")

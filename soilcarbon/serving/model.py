@@ -163,7 +163,7 @@ def _matrix_predict(loaded, columns: list[str]):
     """``SOCPyfunc.predict_matrix`` of a loaded soilcarbon pyfunc whose model reads ``columns``, else None.
 
     MLflow's wrapper hands our table to ``SOCPyfunc.predict``, which only turns it back into the
-    matrix it was built from (``FeatureLayout.frame_to_matrix``): for 5,000 NIR spectra, a
+    matrix it was built from (:func:`soilcarbon.models.matrix.table_matrix`): for 5,000 NIR spectra, a
     700-column frame, a copy of its values and a second conversion, per chunk. With the signature
     verified (:func:`_verified_predict`), calling the model on the matrix gives the same outputs.
     """

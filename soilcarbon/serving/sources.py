@@ -19,7 +19,7 @@ import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN
-from soilcarbon.serving.inputs import InputPlan, check_alignment, plan_input
+from soilcarbon.models.matrix import InputPlan, plan_input, plan_spectra
 from soilcarbon.serving.model import ServedModel
 from soilcarbon.spectral.spectra import PARQUET_UNIT_KEY
 
@@ -81,14 +81,7 @@ def open_input(model: ServedModel, path: Path, id_col: str = ID_COLUMN, unit: st
         raise SoilCarbonError(f"{path}: the model {model.uri} uses covariates only; pass a covariates table")
     spectra = read_spectra(path, id_col=id_col, unit=unit, id_pattern=id_pattern, allow_nan=True, on_error="skip")
     failures = list((getattr(spectra, "detected", {}) or {}).get("failures", []))
-    plan = InputPlan(source=str(path), id_col=id_col, spectral_columns=spectra.columns, axis=spectra.axis,
-                     unit=spectra.unit, line_offset=0)
-    plan.exact = check_alignment(model, spectra.axis, spectra.unit, str(path))
-    if model.covariates:
-        if cov_table is None:
-            raise SoilCarbonError(f"the model {model.uri} needs covariates {', '.join(model.covariates)}; "
-                                  "pass --covariates COV.csv")
-        plan.covariate_table, plan.covariate_source = cov_table, cov_source
+    plan = plan_spectra(model, spectra, str(path), id_col, cov_table, cov_source)
 
     def generate_spectra(source):
         empty = pd.DataFrame(index=range(0))

@@ -3,7 +3,7 @@
 The model is applied with ``mlflow.pyfunc.spark_udf`` (MLflow ships the model to the executors
 and calls it on Arrow batches); the input is a Parquet table or dataset read by Spark. Before the
 UDF, a ``mapInPandas`` step runs the same per-chunk preparation as the local engine
-(:func:`soilcarbon.serving.inputs.prepare_chunk`: alignment to the model axis, per-sample
+(:func:`soilcarbon.models.matrix.prepare_chunk`: alignment to the model axis, per-sample
 problems), so both engines give the same numbers and the same reasons.
 
 - Local mode (default, ``local[N]``) needs only ``pip install 'soilcarbon[spark]'`` and Java 17+.
@@ -30,10 +30,10 @@ import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN
+from soilcarbon.models.matrix import plan_input, prepare_chunk
 from soilcarbon.models.soc_model import OUTPUT_COLUMNS as MODEL_OUTPUTS
 from soilcarbon.progress import Progress
 from soilcarbon.serving.batch import KEEP_PROBLEMS, PredictionSummary, nothing_predicted
-from soilcarbon.serving.inputs import plan_input, prepare_chunk
 from soilcarbon.serving.model import check_level, load_model
 from soilcarbon.serving.outputs import OUTPUT_COLUMNS, Writer, check_outputs, write_problems
 from soilcarbon.serving.sources import (

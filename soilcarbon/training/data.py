@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.models.layout import FeatureLayout, numeric_block
+from soilcarbon.models.layout import FeatureLayout
+from soilcarbon.models.matrix import InputPlan, numeric_block, prepare_chunk, refuse
 from soilcarbon.spectral.lab import checked_ids
 from soilcarbon.spectral.spectra import Spectra
 
@@ -109,16 +110,16 @@ def assemble(spectra: Spectra | None, target: str, covariates: pd.DataFrame | No
         unit=None if spectra is None else spectra.unit,
         covariates=cov_names,
     )
-    blocks = []
+    # the model matrix, by the rules of every other input (strict: any row with a problem stops training)
+    source = covariates_source if spectra is None else spectra.source or "spectra"
+    plan = InputPlan(source=source, id_col=id_col, covariate_columns=cov_names, line_offset=0)
+    values = None
     if spectra is not None:
-        blocks.append(spectra.select(ids).values)
-    if cov_names:
-        blocks.append(numeric_block(table[cov_names], "covariates"))
-    X = np.hstack(blocks)
-    if spectra is not None and np.isnan(X[:, : layout.n_spectral]).any():
-        row = int(np.where(np.isnan(X[:, : layout.n_spectral]).any(axis=1))[0][0])
-        raise SoilCarbonError(f"spectrum of sample {ids[row]} has missing values; remove or fix it before training")
-    return TrainingSet(ids, X, y, layout, table, target, n_dropped, notes)
+        plan.spectral_columns, plan.axis, plan.unit = spectra.columns, spectra.axis, spectra.unit
+        values = spectra.select(ids).values
+    prepared = prepare_chunk(layout, plan, table, 0, ids, values)
+    refuse(prepared, source, "remove or fix it before training")
+    return TrainingSet(ids, prepared.X, y, layout, table, target, n_dropped, notes)
 
 
 def target_values(table: pd.DataFrame, target: str, id_col: str = "sample_id") -> np.ndarray:

@@ -161,7 +161,7 @@ def result_rows(text: pd.DataFrame) -> list[dict]:
 def plotted_spectra(model, path: Path, n_rows: int):
     """The input's spectra on the model's axis, read again through the batch path
     (``open_input`` + ``prepare_chunk``); rows of problems are NaN. None for covariates models."""
-    from soilcarbon.serving.inputs import prepare_chunk
+    from soilcarbon.models.matrix import prepare_chunk
     from soilcarbon.serving.sources import open_input
 
     if model.axis is None:
