@@ -7,10 +7,9 @@ the column order, and the messages naming file, sample and column. Every entry p
 
 - :func:`plan_input` (a table's header) or :func:`plan_spectra` (in-memory :class:`Spectra`)
   decides once what to read; :func:`prepare_chunk` builds the matrix of a chunk of rows.
-- Lenient mode (batch files, Spark, the REST service, the web page): a row with a problem gets
-  NaN inputs and a reason, the others go on. Strict mode (:func:`refuse`: training; the pyfunc's
-  :func:`table_matrix` for text in a numeric column) raises on the first such row.
-- Maps take the covariate order and naming of :func:`covariate_block` for raster windows.
+- Lenient (batch, Spark, REST, web page): a row with a problem gets NaN inputs and a reason. Strict
+  (:func:`refuse`): training stops on it; the pyfunc (:func:`table_matrix`) on text in a cell.
+- Maps take :func:`covariate_block` for raster windows.
 
 ``model`` is anything with ``axis``, ``unit`` and ``covariates`` (a :class:`FeatureLayout`, a
 served model); its ``uri``, when it has one, names it in messages.
@@ -150,11 +149,6 @@ class Prepared:
     problems: list[tuple[str, str]]  # (row name, reason), in row order
     problem_rows: np.ndarray  # bool (n,)
     reasons: dict[int, str] = field(default_factory=dict)  # row -> reason, for every problem row
-
-    @property
-    def not_numeric(self) -> list[int]:
-        """Rows left out for text in a numeric column."""
-        return [row for row, reason in self.reasons.items() if reason.startswith(NOT_NUMERIC)]
 
 
 #: How every reason about text in a numeric cell starts (strict mode refuses these rows).
@@ -346,5 +340,6 @@ def table_matrix(model, frame: pd.DataFrame, source: str = "the input") -> tuple
     plan = plan_input(model, list(frame.columns), source, line_offset=0, require_id=False, covariates_option="")
     frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
     prepared = prepare_chunk(model, plan, frame)
-    refuse(prepared, source, "fix the value or remove the row", prepared.not_numeric)
+    text = [row for row, reason in prepared.reasons.items() if reason.startswith(NOT_NUMERIC)]
+    refuse(prepared, source, "fix the value or remove the row", text)
     return prepared.X, prepared.reasons

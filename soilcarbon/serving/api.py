@@ -296,9 +296,11 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
         status, message = _validation_message(errors)
         return _error(status, message, detail=_validation_detail(errors))
 
-    @app.exception_handler(SoilCarbonError)
-    async def on_user_error(request: Request, exc: SoilCarbonError):
-        return _error(422, str(exc))
+    async def on_refused(request: Request, exc: Exception):  # bad input: 422 unless it has a status of its own
+        return _error(getattr(exc, "status", 422), str(exc))
+
+    app.add_exception_handler(SoilCarbonError, on_refused)
+    app.add_exception_handler(_Refused, on_refused)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
@@ -314,14 +316,6 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
             raise SoilCarbonError("empty batch: send at least one sample")
         if n > max_batch:
             raise _Limit(f"batch of {n} samples exceeds the limit of {max_batch}; split it into smaller batches")
-
-    @app.exception_handler(_Limit)
-    async def on_limit(request: Request, exc: _Limit):
-        return _error(413, str(exc))
-
-    @app.exception_handler(_Unsupported)
-    async def on_unsupported(request: Request, exc: _Unsupported):
-        return _error(415, str(exc))
 
     @app.exception_handler(Exception)
     async def on_internal(request: Request, exc: Exception):
@@ -394,12 +388,18 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
     return app
 
 
-class _Limit(Exception):
-    """A configured size limit was exceeded (413)."""
+class _Refused(Exception):
+    """A request refused with an HTTP status of its own (``status``); one handler with SoilCarbonError."""
 
 
-class _Unsupported(Exception):
-    """An upload of a type we cannot read (415)."""
+class _Limit(_Refused):
+    """A configured size limit was exceeded."""
+    status = 413
+
+
+class _Unsupported(_Refused):
+    """An upload of a type we cannot read."""
+    status = 415
 
 
 def _resolves_elsewhere(model: ServedModel) -> bool:

@@ -223,10 +223,7 @@ def _score(spark, model, plan, frame, level: float, chunk_size: int):
             prepared = prepare_chunk(light, plan, batch)
             out = pd.DataFrame(prepared.X, columns=columns)
             out.insert(0, ID_COLUMN, pd.Series(prepared.ids, dtype=object))
-            reasons = [None] * len(out)
-            for (_, reason), row in zip(prepared.problems, prepared.problem_rows.nonzero()[0]):
-                reasons[int(row)] = reason
-            out[PROBLEM_COLUMN] = pd.Series(reasons, dtype=object)
+            out[PROBLEM_COLUMN] = pd.Series([prepared.reasons.get(row) for row in range(len(out))], dtype=object)
             yield out
 
     prepared = frame.mapInPandas(prepare, schema)
