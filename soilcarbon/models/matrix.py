@@ -338,8 +338,12 @@ def table_matrix(model, frame: pd.DataFrame, source: str = "the input") -> tuple
     caller, which reports it as not predicted.
     """
     plan = plan_input(model, list(frame.columns), source, line_offset=0, require_id=False, covariates_option="")
-    frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
+    if not all(isinstance(c, str) for c in frame.columns):  # renaming copies the table: only when needed
+        frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
+    ids, plan.id_col = (frame[plan.id_col] if plan.id_col else None), None  # ids: only to name a refused row
     prepared = prepare_chunk(model, plan, frame)
     text = [row for row, reason in prepared.reasons.items() if reason.startswith(NOT_NUMERIC)]
+    if text and ids is not None:
+        prepared.ids[min(text)] = sample_id(ids.iloc[min(text)])
     refuse(prepared, source, "fix the value or remove the row", text)
     return prepared.X, prepared.reasons
