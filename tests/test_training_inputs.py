@@ -45,6 +45,8 @@ def _spectra(ids, nan_row=None):
     (lambda t: t[["sample_id", "soc"]], "cov.csv: no covariate columns besides 'sample_id'"),
     (lambda t: t.assign(ndvi=np.nan, x=np.nan, y=np.nan), "every sample has a missing covariate value"),
     (lambda t: t.assign(soc=np.nan), "no sample has a value for target 'soc'"),
+    (lambda t: t.assign(soc=t["soc"].astype(object).where(t.index != 2, "<0.1")),
+     "target column 'soc' is not numeric (sample S2 has '<0.1'); remove the column or fix the value"),
 ])
 def test_bad_covariate_tables_are_named(change, fragment):
     with pytest.raises(SoilCarbonError) as info:

@@ -132,15 +132,8 @@ def target_values(table: pd.DataFrame, target: str, id_col: str = "sample_id") -
             f"target column {target!r} not found; available columns: "
             f"{', '.join(c for c in map(str, table.columns) if c != id_col) or 'none'} (use --lab for a lab table)"
         )
-    raw = table[target]
-    y_all = pd.to_numeric(raw, errors="coerce")
-    bad = y_all.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
-    if bad.any():
-        row = int(np.where(bad)[0][0])
-        raise SoilCarbonError(
-            f"target column {target!r} is not numeric: sample {table[id_col].iloc[row]} has {raw.iloc[row]!r}"
-        )
-    return y_all.to_numpy(dtype=float, na_value=np.nan)
+    ids = table[id_col].to_numpy() if id_col in table.columns else None
+    return numeric_block(table[[target]], "target", ids)[:, 0]  # the cell rule of every model input
 
 
 def load_inputs(spectra=None, lab=None, covariates=None, id_col: str = "sample_id", unit: str | None = None,
