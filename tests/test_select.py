@@ -297,3 +297,24 @@ def test_real_subprocess_writes_the_table_and_the_plot(run_cli, tmp_path, corn_d
     assert len(table) == 30 and table["sample_id"].is_unique and table["sample_id"].str.startswith("corn-").all()
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.splitlines()[-1] == f"selection: {output}"
+
+
+def test_select_and_train_read_a_covariates_table_by_one_rule(corn_m5):
+    """select used to check only the candidates' rows of a covariates table, training every row: text
+    in a row of another sample passed in select and stopped training. Both now refuse the file."""
+    from soilcarbon.lab.select_commands import select_samples
+    from soilcarbon.training.data import assemble
+
+    ids = list(corn_m5.ids[:12])
+    table = pd.DataFrame({"sample_id": ids + ["other"], "ndvi": np.linspace(0, 1, 13).astype(object),
+                          "soc": np.linspace(1, 2, 13)})
+    table.loc[12, "ndvi"] = "cloud"
+    spectra = corn_m5.select(ids)
+    expected = "cov.csv: covariate column 'ndvi' is not numeric (sample other has 'cloud')"
+    covariates = table[["sample_id", "ndvi"]]
+    for call in (lambda: select_samples(spectra, 3, covariates=covariates, covariates_source="cov.csv"),
+                 lambda: assemble(spectra, "soc", table, covariates_source="cov.csv")):
+        with pytest.raises(SoilCarbonError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+            call()
+    chosen = select_samples(spectra, 3, covariates=table.drop(index=12, columns=["soc"]), covariates_source="cov.csv")
+    assert len(chosen.table) == 3 and chosen.space == "covariates"

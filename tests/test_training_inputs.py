@@ -124,7 +124,8 @@ def test_the_model_matrix_refuses_input_it_cannot_use():
         plan_spectra(covariates_only, None, "the request", covariates_option="")
     with pytest.raises(SoilCarbonError, match="^the request: covariate column\\(s\\) ndvi missing; the model was "
                                               "trained on ndvi$"):
-        plan_spectra(covariates_only, None, "x", covariates=pd.DataFrame({"twi": [1.0]}), covariate_source="the request")
+        plan_spectra(covariates_only, None, "x", covariates=pd.DataFrame({"twi": [1.0]}),
+                     covariate_source="the request")
 
 
 # -------------------------------------------------------- CLI, before training

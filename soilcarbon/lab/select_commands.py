@@ -42,16 +42,9 @@ class Selection:
 
 def _covariate_matrix(covariates: pd.DataFrame, id_col: str, ids, source: str) -> np.ndarray:
     """The covariates of ``ids`` (rows in that order), numeric and complete."""
-    from soilcarbon.models.matrix import numeric_block
-    from soilcarbon.spectral.lab import checked_ids
+    from soilcarbon.models.matrix import covariates_table, numeric_block
 
-    if id_col not in covariates.columns:
-        raise SoilCarbonError(f"{source}: id column {id_col!r} not found")
-    table = covariates.copy()
-    table[id_col] = checked_ids(table, id_col, source, "covariates", from_file=False)
-    names = [c for c in table.columns if c != id_col]
-    if not names:
-        raise SoilCarbonError(f"{source}: no covariate columns besides {id_col!r}")
+    table, names = covariates_table(covariates, id_col, source)
     table = table.set_index(id_col)
     missing = [i for i in ids if i not in table.index]
     if missing:

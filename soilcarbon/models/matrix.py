@@ -24,6 +24,7 @@ import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import ID_COLUMN
+from soilcarbon.spectral.lab import checked_ids
 from soilcarbon.spectral.spectra import Spectra, check_resolution, convert_axis, format_axis_value, spectral_header
 
 
@@ -111,7 +112,8 @@ def _plan_covariates(model, plan: InputPlan, columns: list[str], table: pd.DataF
     missing = [c for c in model.covariates if c not in columns]
     if missing:
         raise SoilCarbonError(f"{plan.source}: covariate column(s) {', '.join(missing[:5])} missing; {_name(model)} "
-                              f"needs {', '.join(model.covariates)}: add them" + (f" or pass {option}" if option else ""))
+                              f"needs {', '.join(model.covariates)}: add them"
+                              + (f" or pass {option}" if option else ""))
     plan.covariate_columns = list(model.covariates)
 
 
@@ -189,6 +191,20 @@ def numeric_block(frame: pd.DataFrame, what: str, ids=None) -> np.ndarray:
         raise SoilCarbonError(f"{what} column {column!r} is not numeric ({sample}{value!r}); "
                               "remove the column or fix the value")
     return values
+
+
+def covariates_table(table: pd.DataFrame, id_col: str, source: str, reserved=()) -> tuple[pd.DataFrame, list[str]]:
+    """A covariates file's table with checked ids (:func:`checked_ids`) and its covariate columns (all
+    but the id and ``reserved``); refused, naming the file, without an id column, covariates or with text."""
+    if id_col not in table.columns:
+        raise SoilCarbonError(f"{source}: id column {id_col!r} not found")
+    table = table.copy()
+    table[id_col] = checked_ids(table, id_col, source, "covariates", from_file=False)
+    names = [c for c in table.columns if c != id_col and c not in reserved]
+    if not names:
+        raise SoilCarbonError(f"{source}: no covariate columns besides {id_col!r}")
+    numeric_block(table[names], f"{source}: covariate", ids=table[id_col].to_numpy())
+    return table, names
 
 
 def covariate_block(model, columns, reasons: dict[int, str] | None = None) -> np.ndarray:

@@ -11,8 +11,7 @@ import pandas as pd
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.layout import FeatureLayout
-from soilcarbon.models.matrix import InputPlan, numeric_block, prepare_chunk, refuse
-from soilcarbon.spectral.lab import checked_ids
+from soilcarbon.models.matrix import InputPlan, covariates_table, numeric_block, prepare_chunk, refuse
 from soilcarbon.spectral.spectra import Spectra
 
 
@@ -37,15 +36,6 @@ class TrainingSet:
         return self.columns[name].to_numpy()
 
 
-def _read_covariates(covariates: pd.DataFrame, id_col: str, reserved: set, source: str) -> list[str]:
-    """Names of the covariate columns (all but id and reserved ones), checked to be numeric."""
-    names = [c for c in covariates.columns if c != id_col and c not in reserved]
-    if not names:
-        raise SoilCarbonError(f"{source}: no covariate columns besides {id_col!r}")
-    numeric_block(covariates[names], f"{source}: covariate", ids=covariates[id_col].to_numpy())
-    return names
-
-
 def assemble(spectra: Spectra | None, target: str, covariates: pd.DataFrame | None = None,
              id_col: str = "sample_id", reserved: tuple = (), covariates_source: str = "covariates") -> TrainingSet:
     """Join the sources by id (inner join, reported), select rows with a finite target.
@@ -61,14 +51,8 @@ def assemble(spectra: Spectra | None, target: str, covariates: pd.DataFrame | No
         frames.append(pd.DataFrame({id_col: spectra.ids}).join(spectra.meta.drop(columns=[id_col], errors="ignore")))
     cov_names: list[str] = []
     if covariates is not None:
-        if id_col not in covariates.columns:
-            raise SoilCarbonError(f"{covariates_source}: id column {id_col!r} not found")
-        covariates = covariates.copy()
-        covariates[id_col] = checked_ids(covariates, id_col, covariates_source, "covariates", from_file=False)
-        reserved_set = set(reserved) | {target}
-        if spectra is not None:
-            reserved_set |= set(spectra.meta.columns)
-        cov_names = _read_covariates(covariates, id_col, reserved_set, covariates_source)
+        reserved_set = set(reserved) | {target} | (set(spectra.meta.columns) if spectra is not None else set())
+        covariates, cov_names = covariates_table(covariates, id_col, covariates_source, reserved_set)
         frames.append(covariates)
     table = frames[0]
     if len(frames) == 2:
