@@ -1,6 +1,10 @@
 """Model selection by cross-validation: every candidate's out-of-fold predictions on the same
 folds, the lowest RMSE wins; a non-negative stacked ensemble of the best of each model family (label) wins
 instead when its cross-validated RMSE (weights fitted without the fold they predict) is lower.
+
+On large data (:mod:`soilcarbon.training.scale`) :func:`evaluate_halving` first prunes each
+family's candidates by successive halving on growing subsamples (Jamieson & Talwalkar 2016;
+Li et al. 2017); only the survivors get out-of-fold predictions on all samples.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from soilcarbon.models.layout import FeatureLayout
 from soilcarbon.process import die_with_parent
 from soilcarbon.training.candidates import build_candidate, transform_allowed
 from soilcarbon.training.config import CandidateSpec, TrainConfig
+from soilcarbon.training.scale import HALVING_ETA, halving_rounds
 
 
 @dataclass
@@ -27,6 +32,7 @@ class CandidateScore:
     oof: np.ndarray
     rmse: float
     seconds: float
+    samples: int = 0  # samples of the inner CV that gave the RMSE (a subsample for pruned candidates)
 
 
 @dataclass
@@ -38,6 +44,7 @@ class Selection:
     oof: np.ndarray
     rmse: float
     scores: list = field(default_factory=list)
+    pruned: list = field(default_factory=list)  # CandidateScore of candidates halving dropped (oof None)
 
     @property
     def name(self) -> str:
@@ -53,9 +60,13 @@ class Selection:
         return weighted_ensemble(estimators, self.weights)
 
     def table(self) -> pd.DataFrame:
+        """One row per candidate: the fully cross-validated ones by RMSE, then those successive
+        halving pruned (their RMSE is on the subsample in ``samples``)."""
         rows = [{"candidate": s.spec.name, "model": s.spec.model, "transform": s.spec.transform,
-                 "cv_rmse": s.rmse, "seconds": s.seconds} for s in self.scores]
-        return pd.DataFrame(rows).sort_values("cv_rmse").reset_index(drop=True)
+                 "cv_rmse": s.rmse, "seconds": s.seconds, "samples": s.samples}
+                for s in [*self.scores, *self.pruned]]
+        table = pd.DataFrame(rows)
+        return table.sort_values(["samples", "cv_rmse"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
 def _fit_predict(estimator, X, y, train, test, parent_pid: int):
@@ -81,8 +92,57 @@ def evaluate(specs: list, X: np.ndarray, y: np.ndarray, labels: np.ndarray, layo
         seconds[i] += took
         if progress is not None:
             progress()
-    return [CandidateScore(s, oof[i], float(np.sqrt(np.mean((oof[i] - y) ** 2))), float(seconds[i]))
+    return [CandidateScore(s, oof[i], float(np.sqrt(np.mean((oof[i] - y) ** 2))), float(seconds[i]), len(y))
             for i, s in enumerate(specs)]
+
+
+def family(spec: CandidateSpec) -> str:
+    """The model family of a candidate (its label, else its model): the unit of stacking and halving."""
+    return spec.label or spec.model
+
+
+def halving_tasks(specs: list, n: int, n_folds: int) -> int:
+    """Fits :func:`evaluate_halving` runs for ``specs`` on ``n`` samples with ``n_folds`` inner folds."""
+    sizes: dict = {}
+    for spec in specs:
+        sizes[family(spec)] = sizes.get(family(spec), 0) + 1
+    total = 0
+    for k in sizes.values():
+        rounds = halving_rounds(k, n)
+        total += sum(m for i, (m, size) in enumerate(rounds) if i == 0 or size != rounds[i - 1][1]) + 1
+    return n_folds * total
+
+
+def evaluate_halving(specs: list, X: np.ndarray, y: np.ndarray, labels: np.ndarray, layout: FeatureLayout,
+                     preprocessing: list, seed: int = 0, n_jobs: int = 2, progress=None) -> tuple[list, list]:
+    """Successive halving inside each model family, then out-of-fold predictions of the survivors.
+
+    A family of m candidates runs :func:`~soilcarbon.training.scale.halving_rounds`: in each
+    round the remaining candidates are cross-validated on the same inner folds restricted to a
+    random subsample (nested: the first rows of one seeded permutation) and the best
+    ``ceil(m / 3)`` by RMSE go on. Returns ``(scores of the survivors on all samples, scores of
+    the pruned candidates on the subsample of the round that dropped them, with oof None)``."""
+    specs = [s for s in specs if transform_allowed(s.transform, y)]
+    order = np.random.default_rng(seed).permutation(len(y))
+    families: dict = {}
+    for spec in specs:
+        families.setdefault(family(spec), []).append(spec)
+    survivors, pruned = [], []
+    for members in families.values():
+        last_size, ranked = None, []
+        for keep_from, size in halving_rounds(len(members), len(y)):
+            if size != last_size:  # a round on the same subsample (small n) reuses the last ranking
+                rows = np.sort(order[:size])
+                scores = evaluate(members, X[rows], y[rows], labels[rows], layout, preprocessing, seed, n_jobs,
+                                  progress)
+                ranked, last_size = sorted(scores, key=lambda s: s.rmse), size
+            else:
+                ranked = ranked[:keep_from]
+            keep = -(-keep_from // HALVING_ETA)
+            members = [s.spec for s in ranked[:keep]]
+            pruned += [CandidateScore(s.spec, None, s.rmse, s.seconds, s.samples) for s in ranked[keep:]]
+        survivors += members
+    return evaluate(survivors, X, y, labels, layout, preprocessing, seed, n_jobs, progress), pruned
 
 
 def select(scores: list, y: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Selection:
