@@ -85,10 +85,12 @@ def test_halving_prunes_within_families_and_keeps_survivors_oof_exact():
     # each survivor beat its pruned siblings on the subsample they were compared on
     sub = np.sort(np.random.default_rng(0).permutation(len(y))[:200])
     for survivor in survivors:
-        again = evaluate([survivor.spec], X[sub], y[sub], labels[sub], layout, config.preprocessing, 0, 1)[0]
+        again = evaluate([survivor.spec], X[sub], y[sub], labels[sub], layout, config.preprocessing, 0, 1,
+                         share_preprocessing=True)[0]
         assert again.rmse <= min(p.rmse for p in pruned if p.spec.label == survivor.spec.label)
     # survivors get the same full out-of-fold predictions as without halving
-    full = evaluate([s.spec for s in survivors], X, y, labels, layout, config.preprocessing, 0, 1)
+    full = evaluate([s.spec for s in survivors], X, y, labels, layout, config.preprocessing, 0, 1,
+                    share_preprocessing=True)
     for a, b in zip(survivors, full):
         np.testing.assert_array_equal(a.oof, b.oof)
         assert a.samples == len(y)
@@ -147,3 +149,22 @@ def test_train_cli_prints_and_logs_jobs(tmp_path, run_cli, nirsoil_csv):
     assert run.data.params["compute.jobs_used"] == "1"
     assert run.data.params["compute.jobs"] == "1" and run.data.params["compute.budget_minutes"] == "30.0"
     assert run.data.params["compute.outer_folds_used"] == "3"
+
+
+def test_shared_preprocessing_gives_the_same_scores_as_per_fit_preprocessing():
+    data = assemble(nirsoil_spectra(200), "Ciso")
+    config = parse_config({**HALVING_CONFIG, "candidates": [
+        {"model": "pls", "grid": {"n_components": [4, 8]}},
+        {"model": "pls", "label": "snv", "grid": {"n_components": [6]},
+         "preprocessing": [{"name": "savgol", "window_length": 11, "polyorder": 2, "deriv": 1},
+                           {"name": "resample", "step": 10}, {"name": "snv"}]},
+        {"model": "pls", "label": "msc", "grid": {"n_components": [6]},  # fitted on the fold: not shared
+         "preprocessing": [{"name": "msc"}]}]})
+    specs = config.expand(True, False)
+    labels = cv.inner_labels(len(data.y), 3, 0, None)
+    args = (specs, data.X, data.y, labels, data.layout, config.preprocessing, 0, 1)
+    alone, shared = evaluate(*args), evaluate(*args, share_preprocessing=True)
+    assert [s.spec for s in shared] == specs  # scores keep the configured candidates
+    for a, b in zip(alone, shared):
+        np.testing.assert_allclose(b.oof, a.oof, rtol=0, atol=1e-9)
+    assert not np.array_equal(alone[0].oof, alone[1].oof)
