@@ -135,7 +135,9 @@ def main() -> None:
         folder = work / f"{label.split(':')[0]}_{n}"
         folder.mkdir()
         results[label, n] = r = run_train(data, work / f"{label.split(':')[0]}.yaml", folder, args.jobs)
-        print(f"  done {label} n={n}: {r['seconds']:.0f} s (load {os.getloadavg()[0]:.2f})", flush=True)
+        print(f"  done {label} n={n}: {r['seconds']:.0f} s, peak {r['peak_mb']:.0f} MB, outer {r['outer']}, "
+              f"inner {r['inner']}, {r['full']}/{r['candidates']} candidates fully cross-validated, "
+              f"RMSE {r['rmse']:.4f} (load {os.getloadavg()[0]:.2f})", flush=True)
     header = ("rule", "n", "wall s", "peak MB", "outer", "inner", "full CV / candidates", "nested RMSE")
     rows = [(label, f"{n:,}", f"{r['seconds']:.0f}", f"{r['peak_mb']:.0f}", r["outer"], r["inner"],
              f"{r['full']}/{r['candidates']}", f"{r['rmse']:.4f}") for (label, n), r in results.items()]
