@@ -132,12 +132,16 @@ def test_bad_compute_options_exit_2(run_cli, nirsoil_csv, option, value, message
     assert code == 2 and err.strip().splitlines() == [message], err
 
 
-def test_train_cli_prints_and_logs_jobs(tmp_path, run_cli, nirsoil_csv):
-    frame = pd.read_csv(nirsoil_csv).dropna(subset=["Ciso"]).head(120)
-    spectra = tmp_path / "nir.csv"
-    frame.to_csv(spectra, index=False)
-    config = tmp_path / "fast.yaml"
+def _small_inputs(folder, nirsoil_csv, n: int):
+    """The first ``n`` NIR samples with Ciso and the fast config, as files in ``folder``."""
+    spectra, config = folder / "nir.csv", folder / "fast.yaml"
+    pd.read_csv(nirsoil_csv).dropna(subset=["Ciso"]).head(n).to_csv(spectra, index=False)
     config.write_text(yaml.safe_dump(FAST_CONFIG))
+    return spectra, config
+
+
+def test_train_cli_prints_and_logs_jobs(tmp_path, run_cli, nirsoil_csv):
+    spectra, config = _small_inputs(tmp_path, nirsoil_csv, 120)
     db = tmp_path / "mlflow.db"
     code, out, err = run_cli("train", "--spectra", spectra, "--target", "Ciso", "--config", config, "--jobs", "1",
                              "--budget-minutes", "30", env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}, timeout=300)
@@ -168,3 +172,36 @@ def test_shared_preprocessing_gives_the_same_scores_as_per_fit_preprocessing():
     for a, b in zip(alone, shared):
         np.testing.assert_allclose(b.oof, a.oof, rtol=0, atol=1e-9)
     assert not np.array_equal(alone[0].oof, alone[1].oof)
+
+
+def test_bad_engine_is_named(run_cli, nirsoil_csv):
+    code, _, err = run_cli("train", "--spectra", nirsoil_csv, "--target", "Ciso", "--engine", "dask")
+    assert code == 2 and err.strip().splitlines() == ["error: --engine must be local or spark, got 'dask'"], err
+    with pytest.raises(SoilCarbonError, match="compute.engine must be one of"):
+        parse_config({"compute": {"engine": "ray"}})
+
+
+def _spark_problem():
+    from soilcarbon.training.scale import spark_problem
+
+    return spark_problem()
+
+
+@pytest.mark.skipif(_spark_problem() is None, reason="joblibspark is installed here")
+def test_spark_engine_without_joblibspark_is_a_clear_error(run_cli, nirsoil_csv):
+    code, _, err = run_cli("train", "--spectra", nirsoil_csv, "--target", "Ciso", "--engine", "spark")
+    assert code == 2 and err.strip().splitlines() == [f"error: --engine spark: {_spark_problem()}"], err
+
+
+@pytest.mark.skipif(_spark_problem() is not None, reason=f"spark engine not testable here: {_spark_problem()}")
+def test_spark_engine_gives_the_local_engine_s_out_of_fold_predictions(tmp_path, run_cli, nirsoil_csv):
+    spectra, config = _small_inputs(tmp_path, nirsoil_csv, 90)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "SOILCARBON_SPARK_MASTER": "local[1]"}
+    outputs = {}
+    for engine in ("local", "spark"):
+        outputs[engine] = tmp_path / f"oof_{engine}.csv"
+        code, out, err = run_cli("train", "--spectra", spectra, "--target", "Ciso", "--config", config, "--engine",
+                                 engine, "--oof-output", outputs[engine], env=env, timeout=300)
+        assert code == 0, err
+    assert "engine spark (joblibspark)" in out
+    pd.testing.assert_frame_equal(pd.read_csv(outputs["spark"]), pd.read_csv(outputs["local"]), rtol=1e-10)

@@ -82,6 +82,9 @@ def train_command(
     budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes",
                                                    help="Time budget: outer CV folds that would not fit are "
                                                         "skipped and named (default: compute.budget_minutes)."),
+    engine: Optional[str] = typer.Option(None, "--engine",
+                                         help="local (worker processes) or spark (CV fits as Spark tasks, "
+                                              "joblibspark; default: compute.engine)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the model URI."),
     print_default_config: bool = typer.Option(False, "--print-default-config", help="Print the default config."),
 ):
@@ -102,6 +105,8 @@ def train_command(
         raise SoilCarbonError(f"--jobs must be an integer >= 1, got {jobs}")
     if budget_minutes is not None and not budget_minutes > 0:
         raise SoilCarbonError(f"--budget-minutes must be a number > 0, got {budget_minutes:g}")
+    if engine is not None and engine not in ("local", "spark"):
+        raise SoilCarbonError(f"--engine must be local or spark, got {engine!r}")
     config = load_config(config_path)
     coord_cols = None
     if coords:
@@ -113,8 +118,14 @@ def train_command(
         raise SoilCarbonError(f"--cv must be kfold, group, folds or spatial, got {cv_scheme!r}")
     if cv_scheme == "spatial" and not coord_cols:
         raise SoilCarbonError("--cv spatial needs --coords X_COL,Y_COL")
-    config = config.with_overrides({"jobs": jobs, "budget_minutes": budget_minutes}, scheme=cv_scheme,
-                                   block_size=block_size)
+    config = config.with_overrides({"jobs": jobs, "budget_minutes": budget_minutes, "engine": engine},
+                                   scheme=cv_scheme, block_size=block_size)
+    if config.compute.get("engine") == "spark":  # before reading data: Java, pyspark, joblibspark
+        from soilcarbon.training.scale import spark_problem
+
+        problem = spark_problem()
+        if problem:
+            raise SoilCarbonError(f"--engine spark: {problem}")
     if coord_cols and cv_scheme not in (None, "spatial"):
         raise SoilCarbonError(f"--coords is for --cv spatial; drop it or use --cv spatial (got --cv {cv_scheme})")
     from soilcarbon.atomic import check_folder, check_output

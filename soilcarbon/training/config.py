@@ -101,11 +101,16 @@ domain:
 #   large_n         from this many samples on, fewer outer folds (at most 5; 3 from 4 x large_n)
 #                   and successive halving of each family's candidates on growing subsamples
 #                   before the full inner CV of the survivors (null: never)
+#   engine          local (worker processes on this machine) or spark (the fits run as Spark
+#                   tasks through joblibspark; train --engine)
 compute:
   jobs: null
   budget_minutes: null
   large_n: 5000
+  engine: local
 """
+
+ENGINES = ("local", "spark")
 
 MODELS = ("pls", "mbl", "lightgbm", "covariates")
 TRANSFORMS = ("none", "log", "sqrt")
@@ -197,11 +202,13 @@ def _check(condition: bool, source: str, message: str) -> None:
 
 def _check_compute(compute: dict, source: str) -> None:
     """``compute.jobs`` and ``compute.large_n``: null or an integer >= 1; ``compute.budget_minutes``:
-    null or a number > 0."""
+    null or a number > 0; ``compute.engine``: local or spark."""
     for key in ("jobs", "large_n"):
         value = compute.get(key)
         _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1), source,
                f"compute.{key} must be null or an integer >= 1, got {value!r}")
+    _check(compute.get("engine", "local") in ENGINES, source,
+           f"compute.engine must be one of {list(ENGINES)}, got {compute.get('engine')!r}")
     value = compute.get("budget_minutes")
     _check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0), source,
            f"compute.budget_minutes must be null or a number > 0, got {value!r}")

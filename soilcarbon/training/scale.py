@@ -41,6 +41,15 @@ MLflow as ``compute.*`` params (see :class:`ComputePlan`).
     default candidates on spectra (12 PLS, 2 MBL, 2 LightGBM) thus cost about 4 full inner CVs
     instead of 16.
 
+- **Engine** (``compute.engine``, ``train --engine``): ``local`` runs the fits in worker
+  processes of this machine (joblib's loky backend); ``spark`` hands the same fits to Spark as
+  tasks through ``joblibspark``, the joblib backend for Spark (``pip install 'soilcarbon[spark]'``),
+  with as many concurrent tasks as ``jobs`` (default: Spark's default parallelism). Local mode
+  by default (``$SOILCARBON_SPARK_MASTER``, else ``local[N]``); on a cluster, run ``train``
+  through ``spark-submit``, whose ``--master`` applies (:func:`soilcarbon.serving.spark.spark_session`).
+  Each task receives its data with the task (no broadcast), so the large-data rules'
+  shared preprocessing, which sends the compact preprocessed matrix, matters more there.
+
 - **Budget** (``compute.budget_minutes``, ``train --budget-minutes``): before each outer fold
   after the first, the time of the fold and of the final search (estimated from the mean of the
   folds done, scaled by the ratio of the sample counts) is checked against the time left; folds
@@ -52,7 +61,10 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+
+from soilcarbon.errors import SoilCarbonError
 
 #: Elimination factor of successive halving: keep the best third each round (Li et al. 2017 use 3).
 HALVING_ETA = 3
@@ -81,11 +93,13 @@ class ComputePlan:
     halving: bool
     budget_minutes: float | None
     reasons: list = field(default_factory=list)
+    engine: str = "local"
     skipped_folds: list = field(default_factory=list)
 
     def params(self) -> dict:
         """MLflow params (``compute.*``)."""
-        return {"compute.jobs_used": self.jobs, "compute.large_data_rules": self.large,
+        return {"compute.jobs_used": self.jobs, "compute.engine_used": self.engine,
+                "compute.large_data_rules": self.large,
                 "compute.outer_folds_used": self.outer_folds if self.outer_folds is not None else "given",
                 "compute.successive_halving": self.halving,
                 "compute.budget_minutes_used": self.budget_minutes if self.budget_minutes else "none",
@@ -113,12 +127,17 @@ def plan(n: int, config, scheme_has_fold_count: bool, n_jobs: int | None = None)
     """The compute choices for training on ``n`` samples with ``config`` (a TrainConfig);
     ``n_jobs`` (the Python API's argument) wins over ``compute.jobs``."""
     compute = config.compute or {}
+    engine = compute.get("engine") or "local"
     if n_jobs is not None:
         jobs, why = int(n_jobs), "given"
     elif compute.get("jobs") is not None:
         jobs, why = int(compute["jobs"]), "compute.jobs / --jobs"
+    elif engine == "spark":
+        jobs, why = spark_parallelism(), "Spark's default parallelism"
     else:
         jobs, why = available_cpus(), "the CPUs this process may use"
+    if engine == "spark":
+        why += "; engine spark (joblibspark)"
     folds = int(config.cv["folds"])
     large_n = compute.get("large_n")
     large = large_n is not None and n >= int(large_n)
@@ -141,4 +160,53 @@ def plan(n: int, config, scheme_has_fold_count: bool, n_jobs: int | None = None)
                        if large_n is not None else "search: every candidate in every inner fold (compute.large_n null)")
     if budget:
         reasons.append(f"budget: {budget:g} min; outer folds that would not fit are skipped")
-    return ComputePlan(jobs, why, outer, large, large, float(budget) if budget else None, reasons)
+    return ComputePlan(jobs, why, outer, large, large, float(budget) if budget else None, reasons, engine=engine)
+
+
+def spark_parallelism() -> int:
+    """Spark's default parallelism (starting the session, see :func:`backend`)."""
+    return int(_spark().sparkContext.defaultParallelism)
+
+
+def spark_problem() -> str | None:
+    """None when the spark engine can run (pyspark, Java, joblibspark), else why not."""
+    from soilcarbon.serving.spark import spark_available
+
+    reason = spark_available()
+    if reason is None:
+        try:
+            import joblibspark  # noqa: F401
+        except ImportError:
+            reason = "joblibspark is not installed: pip install 'soilcarbon[spark]'"
+    return reason
+
+
+def _spark():
+    from soilcarbon.serving.spark import spark_session
+
+    reason = spark_problem()
+    if reason:
+        raise SoilCarbonError(f"compute.engine spark (--engine spark): {reason}")
+    return spark_session()
+
+
+@contextmanager
+def _spark_backend():
+    import warnings
+
+    from joblib import parallel_config
+    from joblibspark import register_spark
+
+    _spark()
+    register_spark()
+    with warnings.catch_warnings():  # local mode has no stage-level scheduling; tags are not ours
+        warnings.filterwarnings("ignore", message="Spark local mode doesn't support stage-level scheduling")
+        warnings.filterwarnings("ignore", message="Spark session is not provided")
+        with parallel_config(backend="spark"):
+            yield
+
+
+def backend(engine: str):
+    """The joblib backend context for ``engine``: nothing for local (loky worker processes),
+    joblibspark's ``spark`` backend for spark."""
+    return _spark_backend() if engine == "spark" else nullcontext()

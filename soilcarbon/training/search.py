@@ -31,7 +31,7 @@ from soilcarbon.models.layout import FeatureLayout
 from soilcarbon.process import die_with_parent
 from soilcarbon.training.candidates import build_candidate, spectral_preprocessing, transform_allowed
 from soilcarbon.training.config import CandidateSpec, TrainConfig
-from soilcarbon.training.scale import HALVING_ETA, halving_rounds
+from soilcarbon.training.scale import HALVING_ETA, backend, halving_rounds
 
 
 @dataclass
@@ -77,8 +77,9 @@ class Selection:
         return table.sort_values(["samples", "cv_rmse"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
-def _fit_predict(estimator, X, y, train, test, parent_pid: int):
-    die_with_parent(parent_pid)  # a loky worker must not outlive a killed `train`
+def _fit_predict(estimator, X, y, train, test, parent_pid: int | None):
+    if parent_pid is not None:  # local engine: a loky worker must not outlive a killed `train`
+        die_with_parent(parent_pid)
     started = time.perf_counter()
     model = clone(estimator).fit(X[train], y[train])
     return np.ravel(model.predict(X[test])), time.perf_counter() - started
@@ -110,26 +111,28 @@ def _preprocessed_once(specs: list, X: np.ndarray, layout: FeatureLayout, prepro
 
 def evaluate(specs: list, X: np.ndarray, y: np.ndarray, labels: np.ndarray, layout: FeatureLayout,
              preprocessing: list, seed: int = 0, n_jobs: int = 2, progress=None,
-             share_preprocessing: bool = False) -> list[CandidateScore]:
+             share_preprocessing: bool = False, engine: str = "local") -> list[CandidateScore]:
     """Out-of-fold predictions of every candidate on the folds given by ``labels``; with
     ``share_preprocessing``, per-spectrum preprocessing is computed once for all candidates and
-    folds (see the module docstring)."""
+    folds (see the module docstring); ``engine`` local or spark (:func:`scale.backend`)."""
     specs = [s for s in specs if transform_allowed(s.transform, y)]
     folds = np.unique(labels)
     tasks = [(i, f) for i in range(len(specs)) for f in folds]
     inputs = (_preprocessed_once(specs, X, layout, preprocessing) if share_preprocessing
               else [(X, layout, s) for s in specs])
     estimators = [build_candidate(spec, lay, preprocessing, seed) for _, lay, spec in inputs]
-    jobs = (delayed(_fit_predict)(estimators[i], inputs[i][0], y, labels != f, labels == f, os.getpid())
+    parent = os.getpid() if engine == "local" else None
+    jobs = (delayed(_fit_predict)(estimators[i], inputs[i][0], y, labels != f, labels == f, parent)
             for i, f in tasks)
     oof = np.zeros((len(specs), len(y)))
     seconds = np.zeros(len(specs))
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
-    for (i, f), (prediction, took) in zip(tasks, results):
-        oof[i, labels == f] = prediction
-        seconds[i] += took
-        if progress is not None:
-            progress()
+    with backend(engine):  # joblibspark returns a list only: progress then ticks at the end
+        results = Parallel(n_jobs=n_jobs, return_as="generator" if engine == "local" else "list")(jobs)
+        for (i, f), (prediction, took) in zip(tasks, results):
+            oof[i, labels == f] = prediction
+            seconds[i] += took
+            if progress is not None:
+                progress()
     return [CandidateScore(s, oof[i], float(np.sqrt(np.mean((oof[i] - y) ** 2))), float(seconds[i]), len(y))
             for i, s in enumerate(specs)]
 
@@ -152,7 +155,8 @@ def halving_tasks(specs: list, n: int, n_folds: int) -> int:
 
 
 def evaluate_halving(specs: list, X: np.ndarray, y: np.ndarray, labels: np.ndarray, layout: FeatureLayout,
-                     preprocessing: list, seed: int = 0, n_jobs: int = 2, progress=None) -> tuple[list, list]:
+                     preprocessing: list, seed: int = 0, n_jobs: int = 2, progress=None,
+                     engine: str = "local") -> tuple[list, list]:
     """Successive halving inside each model family, then out-of-fold predictions of the survivors.
 
     A family of m candidates runs :func:`~soilcarbon.training.scale.halving_rounds`: in each
@@ -172,7 +176,7 @@ def evaluate_halving(specs: list, X: np.ndarray, y: np.ndarray, labels: np.ndarr
             if size != last_size:  # a round on the same subsample (small n) reuses the last ranking
                 rows = np.sort(order[:size])
                 scores = evaluate(members, X[rows], y[rows], labels[rows], layout, preprocessing, seed, n_jobs,
-                                  progress, share_preprocessing=True)
+                                  progress, share_preprocessing=True, engine=engine)
                 ranked, last_size = sorted(scores, key=lambda s: s.rmse), size
             else:
                 ranked = ranked[:keep_from]
@@ -181,7 +185,7 @@ def evaluate_halving(specs: list, X: np.ndarray, y: np.ndarray, labels: np.ndarr
             pruned += [CandidateScore(s.spec, None, s.rmse, s.seconds, s.samples) for s in ranked[keep:]]
         survivors += members
     return evaluate(survivors, X, y, labels, layout, preprocessing, seed, n_jobs, progress,
-                    share_preprocessing=True), pruned
+                    share_preprocessing=True, engine=engine), pruned
 
 
 def select(scores: list, y: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Selection:

@@ -65,7 +65,7 @@ def _domain_features(layout: FeatureLayout, config: TrainConfig):
 
 def fit_calibration(X: np.ndarray, y: np.ndarray, layout: FeatureLayout, config: TrainConfig,
                     groups=None, target: str = "soc", progress=None, n_jobs: int = 2,
-                    halving: bool = False) -> tuple[SOCModel, Selection]:
+                    halving: bool = False, engine: str = "local") -> tuple[SOCModel, Selection]:
     """Select a model by inner CV (with ``halving``: successive halving of each family's
     candidates first, :func:`~soilcarbon.training.search.evaluate_halving`), fit it on all of X,
     and calibrate its intervals and domain."""
@@ -74,9 +74,10 @@ def fit_calibration(X: np.ndarray, y: np.ndarray, layout: FeatureLayout, config:
     specs = config.expand(has_spectra=layout.n_spectral > 0, has_covariates=bool(layout.covariates))
     pruned = []
     if halving:
-        scores, pruned = evaluate_halving(specs, X, y, labels, layout, config.preprocessing, seed, n_jobs, progress)
+        scores, pruned = evaluate_halving(specs, X, y, labels, layout, config.preprocessing, seed, n_jobs, progress,
+                                          engine)
     else:
-        scores = evaluate(specs, X, y, labels, layout, config.preprocessing, seed, n_jobs, progress)
+        scores = evaluate(specs, X, y, labels, layout, config.preprocessing, seed, n_jobs, progress, engine=engine)
     selection = select(scores, y, labels, config)
     selection.pruned = pruned
     regressor = selection.build(layout, config.preprocessing, seed).fit(X, y)
@@ -189,7 +190,7 @@ def train(spectra: Spectra | None = None, target: str = "", covariates: pd.DataF
         fold_started = time.perf_counter()
         inner_groups = None if groups is None else np.asarray(groups)[train_rows]
         model, _ = fit_calibration(data.X[train_rows], data.y[train_rows], data.layout, config,
-                                   inner_groups, target, tick, compute.jobs, compute.halving)
+                                   inner_groups, target, tick, compute.jobs, compute.halving, compute.engine)
         predicted = model.predict_matrix(data.X[test_rows])
         for column in ("prediction", "lower", "upper"):
             oof.loc[test_rows, column] = predicted[column].to_numpy()
@@ -207,7 +208,7 @@ def train(spectra: Spectra | None = None, target: str = "", covariates: pd.DataF
             progress(total=sum(tasks(int(np.sum(labels != f))) for f in outer_ids[:len(fold_rows)])
                      + tasks(len(data.y)))
     model, selection = fit_calibration(data.X, data.y, data.layout, config, groups, target, tick, compute.jobs,
-                                       compute.halving)
+                                       compute.halving, compute.engine)
     if nested:
         done = oof["prediction"].notna().to_numpy()
         metrics = regression_metrics(oof["observed"][done], oof["prediction"][done], oof["lower"][done],
