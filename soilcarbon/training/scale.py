@@ -12,12 +12,13 @@ MLflow as ``compute.*`` params (see :class:`ComputePlan`).
 - **Large data** (``compute.large_n``, default 5,000 samples; ``null`` switches the rules off).
   Decided once on the number of training samples, so that the outer folds evaluate the same
   procedure that fits the deployed model. Why 5,000: below it the exhaustive search (every
-  candidate x inner fold x outer fold) takes a few minutes on 2 cores (≈ 1 min at 2,000,
-  ≈ 4 min at 6,000, measured with ``benchmarks/bench_train_scale.py``), and the README's numbers
-  on the 548 NIR samples stay exactly as they were; above it its cost grows like n^1.4
-  (issue 12: 53 min and 10 GB at 40,000). At 5,000 the smallest subsample of successive
-  halving (n / 27 for the 12 PLS candidates, never below :data:`MIN_RUNG_SAMPLES`) still holds
-  185+ samples, enough to rank PLS component counts.
+  candidate x inner fold x outer fold) takes a few minutes on 2 cores (2 to 2.5 min at 2,000
+  on a busy machine, ``benchmarks/bench_train_scale.py``), and the README's numbers on the
+  548 NIR samples stay exactly as they were; above it its cost grows like n^1.4 (issue 12:
+  7 min at 10,000, 53 min and 10 GB at 40,000). At 5,000 the smallest subsample of successive
+  halving (n / 27 for the 12 PLS candidates, never below :data:`MIN_RUNG_SAMPLES` = 200) holds
+  200 samples, 40 per inner fold, enough to rank PLS component counts; smaller libraries
+  would rank candidates on too few samples.
 
   * Fewer outer folds: at most 5 from ``large_n`` on, at most 3 from 4 x ``large_n``
     (20,000 by default), for the schemes whose fold count comes from ``cv.folds`` (k-fold,
@@ -38,8 +39,10 @@ MLflow as ``compute.*`` params (see :class:`ComputePlan`).
     each family then gets the full inner CV on all samples: its out-of-fold predictions feed the
     stacked ensemble (``search.select`` stacks the best of each family, so halving inside each
     family keeps every family available to the stack) and the conformal calibration. The 16
-    default candidates on spectra (12 PLS, 2 MBL, 2 LightGBM) thus cost about 4 full inner CVs
-    instead of 16.
+    default candidates on spectra (12 PLS, 2 MBL, 2 LightGBM) thus cost about 6 full inner CVs
+    instead of 16 for learners whose cost is linear in n (12/27 + 4/9 + 2/3 + 1 for PLS, 2/3 + 1
+    for MBL and for LightGBM), fewer for memory-based learning, whose neighbour search is
+    quadratic in n.
 
 - **Engine** (``compute.engine``, ``train --engine``): ``local`` runs the fits in worker
   processes of this machine (joblib's loky backend); ``spark`` hands the same fits to Spark as
