@@ -64,7 +64,8 @@ def data_digest(ids, X, y) -> str:
     """SHA-256 (first 16 hex digits) of the training ids, matrix and target."""
     h = hashlib.sha256()
     h.update("\n".join(map(str, ids)).encode())
-    h.update(np.ascontiguousarray(X, dtype=np.float64).tobytes())
+    for start in range(0, len(X), 4096):  # row blocks: the bytes of the C-ordered matrix without copying it whole
+        h.update(np.ascontiguousarray(X[start:start + 4096], dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(y, dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
 
