@@ -9,7 +9,8 @@ the default configuration and, as the named baseline in the same run, once per
 ``--baseline-sizes`` size with the rule before issue 12 (the default config with
 ``compute.large_n: null``: 10 outer folds, every candidate in every inner fold). Prints per run:
 wall seconds, peak resident memory of the whole process tree (the sum of VmRSS of the train
-process and all its descendants, sampled every 0.2 s from /proc), outer and inner folds,
+process and all its descendants, sampled every 0.2 s from /proc; also the sum of PSS, which
+counts a page shared by several processes once), outer and inner folds,
 candidates fully cross-validated / all candidates (the others pruned by successive halving),
 and the nested-CV RMSE; then the floors of issue 12 with pass/fail: time(16k) / time(2k) <= 10,
 50k <= 20 min, peak <= 4 GB.
@@ -68,16 +69,24 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _rss_mb(pids: list[int]) -> float:
+def _memory_mb(pids: list[int], file: str, key: str) -> float:
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+                if line.startswith(key):
                     total += int(line.split()[1])
         except OSError:
             pass
     return total / 1024
+
+
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(sum of VmRSS, sum of Pss) of ``pid`` and its descendants: RSS counts pages shared by
+    several processes (joblib's memory-mapped arrays, libraries) once per process, an upper
+    bound; PSS splits each shared page among the processes that map it."""
+    pids = _tree(pid)
+    return _memory_mb(pids, "status", "VmRSS:"), _memory_mb(pids, "smaps_rollup", "Pss:")
 
 
 def run_train(spectra: Path, config: Path, folder: Path, jobs: int | None) -> dict:
@@ -90,9 +99,10 @@ def run_train(spectra: Path, config: Path, folder: Path, jobs: int | None) -> di
     started = time.perf_counter()
     with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=folder, env=env)
-        peak = 0.0
+        peak, peak_pss = 0.0, 0.0
         while process.poll() is None:
-            peak = max(peak, _rss_mb(_tree(process.pid)))
+            rss, pss = tree_memory_mb(process.pid)
+            peak, peak_pss = max(peak, rss), max(peak_pss, pss)
             time.sleep(0.2)
     seconds = time.perf_counter() - started
     if process.returncode != 0:
@@ -104,7 +114,8 @@ def run_train(spectra: Path, config: Path, folder: Path, jobs: int | None) -> di
     params = run.data.params
     candidates = pd.read_csv(client.download_artifacts(run.info.run_id, "cv/candidates.csv", str(folder)))
     n = int(params["n_samples"])
-    return {"seconds": seconds, "peak_mb": peak, "outer": params.get("compute.outer_folds_used", params["cv.folds"]),
+    return {"seconds": seconds, "peak_mb": peak, "peak_pss_mb": peak_pss,
+            "outer": params.get("compute.outer_folds_used", params["cv.folds"]),
             "inner": params["cv.inner_folds"], "full": int((candidates["samples"] == n).sum()) if "samples" in
             candidates else len(candidates), "candidates": len(candidates), "rmse": run.data.metrics["cv_rmse"]}
 
@@ -135,12 +146,14 @@ def main() -> None:
         folder = work / f"{label.split(':')[0]}_{n}"
         folder.mkdir()
         results[label, n] = r = run_train(data, work / f"{label.split(':')[0]}.yaml", folder, args.jobs)
-        print(f"  done {label} n={n}: {r['seconds']:.0f} s, peak {r['peak_mb']:.0f} MB, outer {r['outer']}, "
+        print(f"  done {label} n={n}: {r['seconds']:.0f} s, peak {r['peak_mb']:.0f} MB (PSS {r['peak_pss_mb']:.0f}), "
+              f"outer {r['outer']}, "
               f"inner {r['inner']}, {r['full']}/{r['candidates']} candidates fully cross-validated, "
               f"RMSE {r['rmse']:.4f} (load {os.getloadavg()[0]:.2f})", flush=True)
-    header = ("rule", "n", "wall s", "peak MB", "outer", "inner", "full CV / candidates", "nested RMSE")
-    rows = [(label, f"{n:,}", f"{r['seconds']:.0f}", f"{r['peak_mb']:.0f}", r["outer"], r["inner"],
-             f"{r['full']}/{r['candidates']}", f"{r['rmse']:.4f}") for (label, n), r in results.items()]
+    header = ("rule", "n", "wall s", "peak RSS MB", "peak PSS MB", "outer", "inner", "full CV / candidates",
+              "nested RMSE")
+    rows = [(label, f"{n:,}", f"{r['seconds']:.0f}", f"{r['peak_mb']:.0f}", f"{r['peak_pss_mb']:.0f}", r["outer"],
+             r["inner"], f"{r['full']}/{r['candidates']}", f"{r['rmse']:.4f}") for (label, n), r in results.items()]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
@@ -155,8 +168,9 @@ def main() -> None:
             s = sizes[50000]["seconds"]
             print(f"  {label}: 50k wall {s / 60:.1f} min (<= 20: {'pass' if s <= FLOOR_50K_SECONDS else 'FAIL'})")
         for n, r in sizes.items():
-            print(f"  {label}: n={n:,} peak {r['peak_mb']:.0f} MB (<= {FLOOR_PEAK_MB}: "
-                  f"{'pass' if r['peak_mb'] <= FLOOR_PEAK_MB else 'FAIL'})")
+            print(f"  {label}: n={n:,} peak {r['peak_mb']:.0f} MB RSS, {r['peak_pss_mb']:.0f} MB PSS "
+                  f"(<= {FLOOR_PEAK_MB}: RSS {'pass' if r['peak_mb'] <= FLOOR_PEAK_MB else 'FAIL'}, "
+                  f"PSS {'pass' if r['peak_pss_mb'] <= FLOOR_PEAK_MB else 'FAIL'})")
     for n in args.sizes:
         if ("baseline: compute.large_n null", n) in results:
             ratio = results["default", n]["seconds"] / results["baseline: compute.large_n null", n]["seconds"]
