@@ -47,10 +47,15 @@ def _metrics_table(result) -> Table:
 
 def _candidates_table(result, limit: int = 10) -> Table:
     table = Table(title="Model selection (inner CV on all samples)")
-    for column in ("candidate", "CV RMSE", "seconds"):
+    pruned = bool(result.selection.pruned)
+    for column in ("candidate", "CV RMSE", "seconds") + (("samples",) if pruned else ()):
         table.add_column(column, justify="right" if column != "candidate" else "left")
     for row in result.selection.table().head(limit).itertuples():
-        table.add_row(row.candidate, f"{row.cv_rmse:.4f}", f"{row.seconds:.1f}")
+        table.add_row(row.candidate, f"{row.cv_rmse:.4f}", f"{row.seconds:.1f}",
+                      *((f"{row.samples}",) if pruned else ()))
+    if pruned:
+        table.caption = (f"{len(result.selection.pruned)} candidate(s) pruned by successive halving on the "
+                         "subsample in 'samples'")
     return table
 
 
@@ -71,6 +76,15 @@ def train_command(
     target_unit: str = typer.Option("", "--target-unit", help="Unit of the target, e.g. '%' or 'g/kg'."),
     unit: Optional[str] = typer.Option(None, "--unit", help="Spectral unit when it cannot be detected."),
     nested: bool = typer.Option(True, "--nested/--no-nested", help="Nested CV for honest accuracy (default)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j",
+                                       help="Worker processes for the CV fits (default: compute.jobs, else the CPUs "
+                                            "this process may use)."),
+    budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes",
+                                                   help="Time budget: outer CV folds that would not fit are "
+                                                        "skipped and named (default: compute.budget_minutes)."),
+    engine: Optional[str] = typer.Option(None, "--engine",
+                                         help="local (worker processes) or spark (CV fits as Spark tasks, "
+                                              "joblibspark; default: compute.engine)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the model URI."),
     print_default_config: bool = typer.Option(False, "--print-default-config", help="Print the default config."),
 ):
@@ -87,6 +101,12 @@ def train_command(
         raise SoilCarbonError("--target is required: the lab column to calibrate against")
     if spectra is None and covariates is None:
         raise SoilCarbonError("give --spectra, --covariates or both")
+    if jobs is not None and jobs < 1:
+        raise SoilCarbonError(f"--jobs must be an integer >= 1, got {jobs}")
+    if budget_minutes is not None and not budget_minutes > 0:
+        raise SoilCarbonError(f"--budget-minutes must be a number > 0, got {budget_minutes:g}")
+    if engine is not None and engine not in ("local", "spark"):
+        raise SoilCarbonError(f"--engine must be local or spark, got {engine!r}")
     config = load_config(config_path)
     coord_cols = None
     if coords:
@@ -98,7 +118,14 @@ def train_command(
         raise SoilCarbonError(f"--cv must be kfold, group, folds or spatial, got {cv_scheme!r}")
     if cv_scheme == "spatial" and not coord_cols:
         raise SoilCarbonError("--cv spatial needs --coords X_COL,Y_COL")
-    config = config.with_overrides(scheme=cv_scheme, block_size=block_size)
+    config = config.with_overrides({"jobs": jobs, "budget_minutes": budget_minutes, "engine": engine},
+                                   scheme=cv_scheme, block_size=block_size)
+    if config.compute.get("engine") == "spark":  # before reading data: Java, pyspark, joblibspark
+        from soilcarbon.training.scale import spark_problem
+
+        problem = spark_problem()
+        if problem:
+            raise SoilCarbonError(f"--engine spark: {problem}")
     if coord_cols and cv_scheme not in (None, "spatial"):
         raise SoilCarbonError(f"--coords is for --cv spatial; drop it or use --cv spatial (got --cv {cv_scheme})")
     from soilcarbon.atomic import check_folder, check_output
@@ -131,6 +158,8 @@ def train_command(
         result.model.info["covariate_provenance"] = model_provenance(provenance, result.data.layout.covariates)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
+    for line in result.compute.lines():
+        console.print(f"compute: {line}")
     console.print(_candidates_table(result))
     console.print(_metrics_table(result))
     console.print(f"selected: {result.selection.name}  ({result.seconds:.1f} s)")

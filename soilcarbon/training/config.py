@@ -90,7 +90,27 @@ domain:
   variance: 0.99
   max_components: 20
   quantile: 0.99
+
+# Compute (soilcarbon/training/scale.py): worker processes, a time budget, and the rules that
+# keep the search's cost about linear in the number of samples on spectral libraries.
+#   jobs            worker processes for the cross-validation fits (null: the CPUs this
+#                   process may use; train --jobs overrides)
+#   budget_minutes  time for the whole training (null: no limit; train --budget-minutes):
+#                   outer folds that would not fit are skipped and named, the final model is
+#                   always fitted
+#   large_n         from this many samples on, fewer outer folds (at most 5; 3 from 4 x large_n)
+#                   and successive halving of each family's candidates on growing subsamples
+#                   before the full inner CV of the survivors (null: never)
+#   engine          local (worker processes on this machine) or spark (the fits run as Spark
+#                   tasks through joblibspark; train --engine)
+compute:
+  jobs: null
+  budget_minutes: null
+  large_n: 5000
+  engine: local
 """
+
+ENGINES = ("local", "spark")
 
 MODELS = ("pls", "mbl", "lightgbm", "covariates")
 TRANSFORMS = ("none", "log", "sqrt")
@@ -124,6 +144,7 @@ class TrainConfig:
     cv: dict = field(default_factory=dict)
     interval: dict = field(default_factory=dict)
     domain: dict = field(default_factory=dict)
+    compute: dict = field(default_factory=dict)
     source: str = "default"
 
     @property
@@ -161,18 +182,36 @@ class TrainConfig:
             "cv": self.cv,
             "interval": self.interval,
             "domain": self.domain,
+            "compute": self.compute,
         }
 
-    def with_overrides(self, **cv) -> "TrainConfig":
-        """A copy whose ``cv`` section has some keys replaced (None values are ignored)."""
+    def with_overrides(self, compute: dict | None = None, **cv) -> "TrainConfig":
+        """A copy whose ``cv`` (and ``compute``) sections have some keys replaced (None values
+        are ignored); the new values are validated as in a configuration file."""
         new = copy.deepcopy(self)
         new.cv.update({k: v for k, v in cv.items() if v is not None})
+        new.compute.update({k: v for k, v in (compute or {}).items() if v is not None})
+        _check_compute(new.compute, new.source)
         return new
 
 
 def _check(condition: bool, source: str, message: str) -> None:
     if not condition:
         raise SoilCarbonError(f"{source}: {message}")
+
+
+def _check_compute(compute: dict, source: str) -> None:
+    """``compute.jobs`` and ``compute.large_n``: null or an integer >= 1; ``compute.budget_minutes``:
+    null or a number > 0; ``compute.engine``: local or spark."""
+    for key in ("jobs", "large_n"):
+        value = compute.get(key)
+        _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1), source,
+               f"compute.{key} must be null or an integer >= 1, got {value!r}")
+    _check(compute.get("engine", "local") in ENGINES, source,
+           f"compute.engine must be one of {list(ENGINES)}, got {compute.get('engine')!r}")
+    value = compute.get("budget_minutes")
+    _check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0), source,
+           f"compute.budget_minutes must be null or a number > 0, got {value!r}")
 
 
 def parse_config(data: dict, source: str = "config") -> TrainConfig:
@@ -182,7 +221,7 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
     unknown = set(data) - set(default)
     _check(not unknown, source, f"unknown section(s) {sorted(unknown)}; known: {sorted(default)}")
     merged = {**default, **data}
-    for section in ("cv", "interval", "domain", "ensemble"):
+    for section in ("cv", "interval", "domain", "ensemble", "compute"):
         if isinstance(data.get(section), dict):
             merged[section] = {**default[section], **data[section]}
         _check(isinstance(merged[section], dict), source, f"'{section}' must be a mapping")
@@ -218,6 +257,9 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
         value = merged["interval"].get(key)
         _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, source,
                f"interval.{key} must be an integer >= 1, got {value!r}")
+    unknown = set(merged["compute"]) - set(default["compute"])
+    _check(not unknown, source, f"unknown compute option(s) {sorted(unknown)}; known: {sorted(default['compute'])}")
+    _check_compute(merged["compute"], source)
     return TrainConfig(
         preprocessing=merged["preprocessing"],
         target_transforms=list(transforms),
@@ -226,6 +268,7 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
         cv=dict(cv),
         interval=dict(merged["interval"]),
         domain=dict(merged["domain"]),
+        compute=dict(merged["compute"]),
         source=source,
     )
 

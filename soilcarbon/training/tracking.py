@@ -64,7 +64,8 @@ def data_digest(ids, X, y) -> str:
     """SHA-256 (first 16 hex digits) of the training ids, matrix and target."""
     h = hashlib.sha256()
     h.update("\n".join(map(str, ids)).encode())
-    h.update(np.ascontiguousarray(X, dtype=np.float64).tobytes())
+    for start in range(0, len(X), 4096):  # row blocks: the bytes of the C-ordered matrix without copying it whole
+        h.update(np.ascontiguousarray(X[start:start + 4096], dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(y, dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
 
@@ -221,6 +222,8 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
                        "cv_scheme": result.cv_scheme, "selected_model": result.selection.name[:500],
                        "data_digest": digest})
         params.update({f"source.{k}": v for k, v in sources.items() if v})
+        if result.compute is not None:  # what training chose (jobs, outer folds, halving, budget)
+            params.update(result.compute.params())
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics({f"cv_{k}": float(v) for k, v in result.metrics.items() if np.isfinite(v)})
         for row in result.fold_metrics.to_dict("records"):
@@ -242,6 +245,8 @@ def log_training(result, name: str, sources: dict, target_unit: str = "") -> str
                 "spectral_unit": data.layout.unit or "none", "training_data": sources.get("spectra") or
                 sources.get("covariates") or "", "data_digest": digest, "n_train": str(len(data.y)),
                 "cv_scheme": result.cv_scheme, "selected_model": result.selection.name[:500]}
+        if result.compute is not None:
+            tags["compute"] = "; ".join(result.compute.lines())[:5000]
         tags.update({f"cv_{k}": f"{v:.6g}" for k, v in result.metrics.items()})
         trained = result.model.info.get("covariate_provenance")
         if trained and trained["indices"]:  # from covariates extract; map uses them by default
