@@ -119,7 +119,10 @@ def _run(args):
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def run_all(selected: list[dict], config_path: str | None, jobs: int, label: str) -> pd.DataFrame:
+def run_all(selected: list[dict], config_path: str | None, jobs: int, label: str,
+            partial: str | None = None) -> pd.DataFrame:
+    """Every pair's results; with ``partial``, the rows so far are rewritten to that CSV after each
+    pair (a long run that is stopped keeps what it measured)."""
     work = [(p, config_path) for p in selected]
     out = []
     started = time.perf_counter()
@@ -128,15 +131,17 @@ def run_all(selected: list[dict], config_path: str | None, jobs: int, label: str
             results = pool.map(_run, work)
             for pair, res in zip(selected, results):
                 out.append({**pair, **res})
-                _progress(out[-1], label, started)
+                _progress(out[-1], label, started, out, partial)
     else:
         for args in work:
             out.append({**args[0], **_run(args)})
-            _progress(out[-1], label, started)
+            _progress(out[-1], label, started, out, partial)
     return pd.DataFrame(out)
 
 
-def _progress(row: dict, label: str, started: float) -> None:
+def _progress(row: dict, label: str, started: float, rows: list, partial: str | None) -> None:
+    if partial:
+        pd.DataFrame(rows).to_csv(partial, index=False)
     what = row.get("error") or f"R2 {row['r2']:.3f} PICP {row['picp']:.3f} {row['seconds']:.0f} s"
     print(f"  [{label} {time.perf_counter() - started:6.0f} s] {row['dataset']} {row['target']}: {what}",
           file=sys.stderr, flush=True)
@@ -201,7 +206,7 @@ def main(argv=None) -> int:
         table = saved[[k in keys for k in zip(saved["dataset"], saved["target"])]].reset_index(drop=True)
         version = f"{version} (table read from {args.from_csv})"
     else:
-        table = run_all(selected, args.config, args.jobs, "candidate" if args.config else "default")
+        table = run_all(selected, args.config, args.jobs, "candidate" if args.config else "default", args.output)
     if args.output and not args.from_csv:  # the candidate's own results first: a failing baseline must not lose them
         table.to_csv(args.output, index=False)
     baseline_note = "published best-of-four (RF, CatBoost, SVR, MLR, nested CV on the same folds)"
