@@ -142,7 +142,8 @@ def run_all(selected: list[dict], config_path: str | None, jobs: int, label: str
 def _progress(row: dict, label: str, started: float, rows: list, partial: str | None) -> None:
     if partial:
         pd.DataFrame(rows).to_csv(partial, index=False)
-    what = row.get("error") or f"R2 {row['r2']:.3f} PICP {row['picp']:.3f} {row['seconds']:.0f} s"
+    what = row.get("error") or (f"n {row['n']} R2 {row['r2']:.3f} PICP {row['picp']:.3f} width {row['width']:.4g} "
+                                f"{row['seconds']:.0f} s")
     print(f"  [{label} {time.perf_counter() - started:6.0f} s] {row['dataset']} {row['target']}: {what}",
           file=sys.stderr, flush=True)
 
@@ -188,6 +189,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="candidate training config (YAML); the default is run as baseline")
     parser.add_argument("--baseline-csv", help="with --config: read the default's results from this saved table "
                         "instead of running it again")
+    parser.add_argument("--reverse", action="store_true", help="run the pairs last to first (a second process "
+                        "can take the list from the other end)")
     parser.add_argument("--output", help="write the per-pair table (CSV)")
     parser.add_argument("--from-csv", help="print the table of an earlier run (its --output) instead of training")
     args = parser.parse_args(argv)
@@ -196,6 +199,8 @@ def main(argv=None) -> int:
     if args.subset:
         pattern = re.compile(args.subset)
         selected = [p for p in selected if pattern.search(f"{p['dataset']}/{p['target']}/{p['group']}")]
+    if args.reverse:
+        selected = selected[::-1]
     if not selected:
         print("no pair matches --subset", file=sys.stderr)
         return 2
