@@ -48,6 +48,7 @@ def test_default_config_parses_and_round_trips():
     ("interval: {level: 1.5}", "interval.level"),
     ("candidates: [{model: forest}]", "'model' must be one of"),
     ("target_transforms: [cube]", "unknown target transform"),
+    ("candidates: [{model: pls, target_transforms: [cube]}]", "'target_transforms' must be a non-empty list"),
     ("bogus: 1", "unknown section"),
     ("cv: [1, 2", "not valid YAML"),
 ])
@@ -160,6 +161,15 @@ def test_domain_flags_foreign_spectra(nirsoil_csv, corn_dir):
     assert corn_X.shape[1] == X.shape[1]  # same 1100-2498 nm grid
     assert not domain.in_domain(corn_X).any()  # corn is not soil
     assert (domain.score_samples(corn_X) > 1).all()
+
+
+def test_a_candidate_may_carry_its_own_target_transforms():
+    config = parse_config({"target_transforms": ["none"], "candidates": [
+        {"model": "pls", "grid": {"n_components": [2]}, "target_transforms": ["none", "log"]},
+        {"model": "mbl", "grid": {"k": [20]}},
+    ]})
+    names = [s.name for s in config.expand(has_spectra=True, has_covariates=False)]
+    assert names == ["pls(n_components=2)|none", "pls(n_components=2)|log", "mbl(k=20)|none"]
 
 
 # ------------------------------------------------------------- candidates

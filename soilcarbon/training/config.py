@@ -34,7 +34,8 @@ target_transforms: [none, sqrt]
 #   lightgbm   gradient boosting on PLS (n_pls) or PCA (n_pca) scores of the spectra + covariates
 #   covariates a learner on the covariates only (forest, lightgbm, linear, svr), used when
 #              covariates are given without spectra
-# A candidate may carry its own `preprocessing` list and a `label` to tell it apart.
+# A candidate may carry its own `preprocessing` list, its own `target_transforms` (instead of
+# the list above) and a `label` to tell it apart.
 candidates:
   - model: mbl
     grid: {k: [120], diss_method: [cor], diss_usage: [weights], min_components: [3], max_components: [20]}
@@ -163,8 +164,9 @@ class TrainConfig:
             grid = entry.get("grid", {}) or {}
             keys = sorted(grid)
             values = [v if isinstance(v, list) else [v] for v in (grid[k] for k in keys)]
+            transforms = entry.get("target_transforms") or self.target_transforms
             for combo in itertools.product(*values):
-                for transform in self.target_transforms:
+                for transform in transforms:
                     specs.append(CandidateSpec(model, dict(zip(keys, combo)), transform,
                                                entry.get("preprocessing"), entry.get("label")))
         if not specs and has_covariates and not has_spectra:
@@ -242,6 +244,10 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
                f"candidate {entry!r}: 'model' must be one of {list(MODELS)}")
         _check(isinstance(entry.get("grid", {}) or {}, dict), source,
                f"candidate {entry['model']}: 'grid' must be a mapping of parameter -> list of values")
+        own_transforms = entry.get("target_transforms")
+        _check(own_transforms is None or (isinstance(own_transforms, list) and own_transforms
+                                          and all(t in TRANSFORMS for t in own_transforms)), source,
+               f"candidate {entry['model']}: 'target_transforms' must be a non-empty list of {list(TRANSFORMS)}")
         own = entry.get("preprocessing")
         _check(own is None or (isinstance(own, list) and all(isinstance(st, dict) and "name" in st for st in own)),
                source, f"candidate {entry['model']}: 'preprocessing' must be a list of steps with a 'name'")
