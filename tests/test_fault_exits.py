@@ -66,7 +66,7 @@ def test_sigint_during_train_exits_130_stops_workers_and_leaves_nothing(tmp_path
 
     def cross_validating() -> bool:
         workers.update(descendants(process.pid))
-        return (workers and any(line.startswith("cross-validation: ") for line in stderr.lines)) or process.poll() is not None
+        return (workers and any(line.startswith("cross-validation (") for line in stderr.lines)) or process.poll() is not None
 
     wait_for(cross_validating, what="loky workers and a progress line")
     assert process.poll() is None, "training finished before the signal"
@@ -76,7 +76,7 @@ def test_sigint_during_train_exits_130_stops_workers_and_leaves_nothing(tmp_path
     process.wait(timeout=60)
     err = stderr.text()
     assert process.returncode == 130, err
-    assert re.search(r"^cross-validation: \d+/\d+ \(\d+%\), 0:00:\d\d elapsed$", err, re.M), err
+    assert re.search(r"^cross-validation \(3 outer folds\): \d+/\d+ \(\d+%\), 0:00:\d\d elapsed$", err, re.M), err
     assert "interrupted" in only_error_line(without_progress(err))
     assert "models:/" not in out
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=15, what="the workers to end")
