@@ -12,11 +12,16 @@ wall seconds, peak resident memory of the whole process tree (the sum of VmRSS o
 process and all its descendants, sampled every 0.2 s from /proc; also the sum of PSS, which
 counts a page shared by several processes once), outer and inner folds,
 candidates fully cross-validated / all candidates (the others pruned by successive halving),
-and the nested-CV RMSE; then the floors of issue 12 with pass/fail: time(16k) / time(2k) <= 10,
-50k <= 20 min, peak <= 4 GB.
+and the nested-CV RMSE. After each default-config run, the registered version just trained
+(the URI ``train`` prints last) scores a separate library of ``--predict`` spectra (same recipe,
+seed 1; its Ciso column is ignored) with the ``predict`` CLI as a subprocess on the same store:
+wall seconds and spectra/s, counted only if the output has one non-empty prediction per spectrum
+and no problems. Then the floors of issue 12 with pass/fail: time(16k) / time(2k) <= 10,
+50k <= 20 min, peak <= 4 GB, predict speed(16k model) / speed(2k model) >= 0.5.
 
 Usage: .venv/bin/python benchmarks/bench_train_scale.py [--sizes 2000 16000 50000]
-       [--baseline-sizes 2000 16000] [--jobs N] [--keep FOLDER]
+       [--baseline-sizes [2000 16000 ...]] [--predict N] [--jobs N] [--keep FOLDER]
+       (``--baseline-sizes`` with no value runs no baseline; ``--predict 0`` skips prediction)
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NIRSOIL = ROOT.parent / "shared" / "data" / "nirsoil" / "nirsoil_train.csv"
 if not NIRSOIL.exists():
     NIRSOIL = ROOT / "data" / "nirsoil_train.csv"
-FLOOR_RATIO, FLOOR_50K_SECONDS, FLOOR_PEAK_MB = 10.0, 20 * 60, 4096
+FLOOR_RATIO, FLOOR_50K_SECONDS, FLOOR_PEAK_MB, FLOOR_PREDICT_SPEED = 10.0, 20 * 60, 4096, 0.5
 
 
 def write_library(path: Path, n: int, seed: int = 0) -> None:
@@ -114,10 +119,32 @@ def run_train(spectra: Path, config: Path, folder: Path, jobs: int | None) -> di
     params = run.data.params
     candidates = pd.read_csv(client.download_artifacts(run.info.run_id, "cv/candidates.csv", str(folder)))
     n = int(params["n_samples"])
-    return {"seconds": seconds, "peak_mb": peak, "peak_pss_mb": peak_pss,
+    uri = (folder / "stdout.txt").read_text().strip().splitlines()[-1]
+    return {"uri": uri, "seconds": seconds, "peak_mb": peak, "peak_pss_mb": peak_pss,
             "outer": params.get("compute.outer_folds_used", params["cv.folds"]),
             "inner": params["cv.inner_folds"], "full": int((candidates["samples"] == n).sum()) if "samples" in
             candidates else len(candidates), "candidates": len(candidates), "rmse": run.data.metrics["cv_rmse"]}
+
+
+def run_predict(spectra: Path, n: int, uri: str, folder: Path) -> dict:
+    """One ``soilcarbon predict`` subprocess with ``uri`` on ``folder``'s store: wall seconds and
+    spectra/s; raises unless the output has ``n`` non-empty predictions by ``uri`` and no problems."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}", PYTHONPATH=str(ROOT))
+    output, problems = folder / "predictions.parquet", folder / "problems.csv"
+    command = [sys.executable, "-m", "soilcarbon", "predict", "--model", uri, "--spectra", str(spectra),
+               "--output", str(output), "--problems", str(problems), "--quiet"]
+    started = time.perf_counter()
+    with open(folder / "predict_stdout.txt", "w") as out, open(folder / "predict_stderr.txt", "w") as err:
+        code = subprocess.run(command, stdout=out, stderr=err, cwd=folder, env=env).returncode
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"predict failed ({code}): {(folder / 'predict_stderr.txt').read_text()[-2000:]}")
+    result = pd.read_parquet(output)
+    n_problems = len(pd.read_csv(problems)) if problems.exists() and problems.stat().st_size else 0
+    if len(result) != n or result["prediction"].notna().sum() != n or n_problems or set(result["model_uri"]) != {uri}:
+        raise RuntimeError(f"predict with {uri}: {len(result)} rows, {result['prediction'].notna().sum()} "
+                           f"predictions, {n_problems} problems, model_uri {set(result['model_uri'])} (expected {n})")
+    return {"seconds": seconds, "rate": n / seconds, "in_domain": float(result["in_domain"].mean())}
 
 
 def main() -> None:
@@ -125,6 +152,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 16000, 50000])
     parser.add_argument("--baseline-sizes", type=int, nargs="*", default=[2000, 16000],
                         help="sizes also run with the rule before issue 12 (compute.large_n: null)")
+    parser.add_argument("--predict", type=int, default=20000,
+                        help="spectra scored with each default-config model (0: no prediction)")
     parser.add_argument("--jobs", type=int, default=None, help="train --jobs (default: train's default)")
     parser.add_argument("--keep", type=Path, default=None, help="keep data, stores and outputs in this folder")
     args = parser.parse_args()
@@ -150,10 +179,20 @@ def main() -> None:
               f"outer {r['outer']}, "
               f"inner {r['inner']}, {r['full']}/{r['candidates']} candidates fully cross-validated, "
               f"RMSE {r['rmse']:.4f} (load {os.getloadavg()[0]:.2f})", flush=True)
+        if label == "default" and args.predict:
+            query = work / f"query_{args.predict}.parquet"
+            if not query.exists():
+                write_library(query, args.predict, seed=1)
+            r["predict"] = p = run_predict(query, args.predict, r["uri"], folder)
+            print(f"  predict {args.predict:,} with {r['uri']} (n={n}): {p['seconds']:.1f} s, "
+                  f"{p['rate']:.0f} spectra/s, {p['in_domain']:.1%} in domain "
+                  f"(load {os.getloadavg()[0]:.2f})", flush=True)
     header = ("rule", "n", "wall s", "peak RSS MB", "peak PSS MB", "outer", "inner", "full CV / candidates",
-              "nested RMSE")
+              "nested RMSE", f"predict {args.predict:,} s", "spectra/s")
     rows = [(label, f"{n:,}", f"{r['seconds']:.0f}", f"{r['peak_mb']:.0f}", f"{r['peak_pss_mb']:.0f}", r["outer"],
-             r["inner"], f"{r['full']}/{r['candidates']}", f"{r['rmse']:.4f}") for (label, n), r in results.items()]
+             r["inner"], f"{r['full']}/{r['candidates']}", f"{r['rmse']:.4f}",
+             f"{r['predict']['seconds']:.1f}" if "predict" in r else "-",
+             f"{r['predict']['rate']:.0f}" if "predict" in r else "-") for (label, n), r in results.items()]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
@@ -164,6 +203,10 @@ def main() -> None:
             ratio = sizes[16000]["seconds"] / sizes[2000]["seconds"]
             print(f"  {label}: time(16k)/time(2k) = {ratio:.2f} (<= {FLOOR_RATIO:g}: "
                   f"{'pass' if ratio <= FLOOR_RATIO else 'FAIL'})")
+            if "predict" in sizes[2000] and "predict" in sizes[16000]:
+                speed = sizes[16000]["predict"]["rate"] / sizes[2000]["predict"]["rate"]
+                print(f"  {label}: predict speed(16k model) / speed(2k model) = {speed:.2f} "
+                      f"(>= {FLOOR_PREDICT_SPEED:g}: {'pass' if speed >= FLOOR_PREDICT_SPEED else 'FAIL'})")
         if 50000 in sizes:
             s = sizes[50000]["seconds"]
             print(f"  {label}: 50k wall {s / 60:.1f} min (<= 20: {'pass' if s <= FLOOR_50K_SECONDS else 'FAIL'})")
