@@ -3,6 +3,8 @@ the non-nested mode, and the default model families (MBL, PLS, target transforms
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,35 @@ def test_stack_wins_only_when_it_beats_the_best_single_model():
     # stacking switched off
     chosen = select([_score("a", a, y), _score("b", b, y)], y, labels, parse_config({"ensemble": {"enabled": False}}))
     assert len(chosen.members) == 1
+
+
+def test_equal_average_of_every_family_best_wins_only_when_it_beats_single_and_stack():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=60)  # small data: fitted weights chase noise, an equal average does not
+    labels = np.arange(60) % 5
+    families = [y + rng.normal(0, 0.6, 60) for _ in range(5)]
+    scores = [_score(f"f{i}", oof, y) for i, oof in enumerate(families)]
+    # a worse candidate of a family is not a member: only each family's best is averaged
+    scores.append(_score("f0", families[0] + 1.0, y))
+    averaged = select(scores, y, labels, parse_config({"ensemble": {"average": True}}))
+    assert sorted(m.label for m in averaged.members) == [f"f{i}" for i in range(5)]
+    np.testing.assert_allclose(averaged.weights, 0.2)
+    np.testing.assert_allclose(averaged.oof, np.mean(families, axis=0))
+    assert averaged.rmse < select(scores, y, labels, parse_config({})).rmse
+    # when one family is far better than the rest, the average loses and is not chosen
+    good = y + rng.normal(0, 0.05, 60)
+    chosen = select([_score("good", good, y)] + scores, y, labels, parse_config({"ensemble": {"average": True}}))
+    assert "good" in [m.label for m in chosen.members] and len(chosen.members) < 6
+
+
+@pytest.mark.parametrize("ensemble, message", [
+    ({"average": "yes"}, "ensemble.average must be true or false"),
+    ({"max_members": 1}, "ensemble.max_members must be an integer >= 2"),
+    ({"members": 3}, "unknown ensemble key(s) ['members']"),
+])
+def test_bad_ensemble_settings_are_refused(ensemble, message):
+    with pytest.raises(SoilCarbonError, match=re.escape(message)):
+        parse_config({"ensemble": ensemble}, "my.yaml")
 
 
 def test_weighted_ensemble_is_the_weighted_sum_of_its_refitted_members():

@@ -62,9 +62,11 @@ candidates:
     label: cov-svr
     grid: {learner: [svr], C: [1, 10]}
 
-# Stack the best candidate of each model family (non-negative weights fitted on out-of-fold
-# predictions) when that beats the best single model in cross-validation.
-ensemble: {enabled: true, max_members: 3}
+# Ensembles of the best candidate of each model family, kept only when they beat the best
+# single model in inner cross-validation: a stack of the max_members best families
+# (non-negative weights cross-fitted on out-of-fold predictions) and, with average: true,
+# the equal-weight average of every family's best (no fitted weights).
+ensemble: {enabled: true, max_members: 3, average: false}
 
 # Cross-validation: the outer scheme reports honest accuracy (model selection is nested
 # inside every outer fold); the inner scheme selects the model.
@@ -113,7 +115,8 @@ compute:
 
 ENGINES = ("local", "spark")
 
-MODELS = ("pls", "mbl", "lightgbm", "covariates")
+MODELS = ("pls", "mbl", "lightgbm", "scores", "covariates")
+SPECTRAL_MODELS = ("pls", "mbl", "lightgbm", "scores")
 TRANSFORMS = ("none", "log", "sqrt")
 SCHEMES = ("kfold", "group", "folds", "spatial")
 
@@ -141,7 +144,7 @@ class TrainConfig:
     preprocessing: list = field(default_factory=list)
     target_transforms: list = field(default_factory=lambda: ["none"])
     candidates: list = field(default_factory=list)
-    ensemble: dict = field(default_factory=lambda: {"enabled": True, "max_members": 3})
+    ensemble: dict = field(default_factory=lambda: {"enabled": True, "max_members": 3, "average": False})
     cv: dict = field(default_factory=dict)
     interval: dict = field(default_factory=dict)
     domain: dict = field(default_factory=dict)
@@ -159,7 +162,7 @@ class TrainConfig:
             model = entry["model"]
             if model == "covariates" and (not has_covariates or has_spectra):
                 continue
-            if model in ("pls", "mbl", "lightgbm") and not has_spectra:
+            if model in SPECTRAL_MODELS and not has_spectra:
                 continue
             grid = entry.get("grid", {}) or {}
             keys = sorted(grid)
@@ -200,6 +203,18 @@ class TrainConfig:
 def _check(condition: bool, source: str, message: str) -> None:
     if not condition:
         raise SoilCarbonError(f"{source}: {message}")
+
+
+def _check_ensemble(ensemble: dict, source: str) -> None:
+    """``ensemble.enabled`` and ``ensemble.average``: true or false; ``ensemble.max_members``: an
+    integer >= 2."""
+    unknown = set(ensemble) - {"enabled", "max_members", "average"}
+    _check(not unknown, source, f"unknown ensemble key(s) {sorted(unknown)}; known: average, enabled, max_members")
+    for key in ("enabled", "average"):
+        _check(isinstance(ensemble.get(key), bool), source, f"ensemble.{key} must be true or false, got {ensemble.get(key)!r}")
+    value = ensemble.get("max_members")
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 2, source,
+           f"ensemble.max_members must be an integer >= 2, got {value!r}")
 
 
 def _check_compute(compute: dict, source: str) -> None:
@@ -266,6 +281,7 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
     unknown = set(merged["compute"]) - set(default["compute"])
     _check(not unknown, source, f"unknown compute option(s) {sorted(unknown)}; known: {sorted(default['compute'])}")
     _check_compute(merged["compute"], source)
+    _check_ensemble(merged["ensemble"], source)
     return TrainConfig(
         preprocessing=merged["preprocessing"],
         target_transforms=list(transforms),
