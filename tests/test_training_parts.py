@@ -194,6 +194,11 @@ def test_candidate_preprocessing_override_and_small_data_caps():
     assert np.allclose(pls.predict(X), y, atol=1e-6)
     lgbm = build_candidate(specs[1], layout, config.preprocessing)
     assert isinstance(lgbm.named_steps["features"].transformers[0][1].named_steps["compress"], PLSScores)
+    # any learner on PCA scores: Cubist on 3 PCA scores of the (noise-free) spectra
+    cubist = parse_config({"candidates": [{"model": "scores", "grid": {"learner": ["cubist"], "n_pca": [3]}}]})
+    cubist = build_candidate(cubist.expand(has_spectra=True, has_covariates=False)[0], layout, [])
+    assert list(cubist.named_steps) == ["features", "cubist"]
+    assert cubist.fit(X, y).predict(X).shape == (12,)
     scores = PLSScores(2).fit(X, y).transform(X)
     assert scores.shape == (12, 2)
     assert isinstance(PLS(3).fit(X, y).predict(X), np.ndarray) and PLS(3).fit(X, y).predict(X).ndim == 1
@@ -207,19 +212,19 @@ def test_bad_candidate_preprocessing_is_named(tmp_path):
 
 
 def test_covariate_learners_fit_a_known_linear_relation():
-    from soilcarbon.training.candidates import covariate_learner
+    from soilcarbon.training.candidates import LEARNERS, covariate_learner
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(300, 3))
     y = 2 * X[:, 0] - X[:, 1] + rng.normal(0, 0.1, 300)
-    X[5, 2] = np.nan  # the linear and SVR learners impute; the trees take NaN as it is
-    for learner in ("lightgbm", "forest", "linear", "svr"):
+    X[5, 2] = np.nan  # the linear, SVR, GP and Cubist learners impute; the trees take NaN as it is
+    for learner in LEARNERS:
         model = covariate_learner(learner, {}, seed=0).fit(X[:200], y[:200])
         rmse = np.sqrt(np.mean((model.predict(X[200:]) - y[200:]) ** 2))
         assert rmse < 0.5 * y.std(), learner
     linear = covariate_learner("linear", {}).fit(X[:200], y[:200])
     assert linear.named_steps["ridge"].coef_ / np.nanstd(X[:200], axis=0) == pytest.approx([2, -1, 0], abs=0.05)
-    with pytest.raises(SoilCarbonError, match="unknown covariates learner"):
+    with pytest.raises(SoilCarbonError, match="unknown learner 'xgboost'; use one of lightgbm, forest"):
         covariate_learner("xgboost", {})
 
 
@@ -232,3 +237,21 @@ def test_rows_with_missing_covariates_are_dropped_and_counted():
     assert list(data.ids) == ["a", "d"] and data.n_dropped == 2
     assert any("missing covariate values" in note and "(b)" in note for note in data.notes)
     assert data.layout.covariates == ["ndvi"] and data.X.tolist() == [[0.1], [0.4]]
+
+
+def test_log_and_sqrt_inverses_are_clipped_to_a_safe_range():
+    from sklearn.linear_model import LinearRegression
+
+    from soilcarbon.training.candidates import with_target_transform
+
+    rng = np.random.default_rng(4)
+    X = rng.uniform(0, 1, size=(100, 1))
+    y = np.exp(1 + 2 * X[:, 0])  # log(y) from 1 to 3
+    log, root = np.log(y), np.sqrt(y)
+    highs = {"log": np.exp(log.max() + 0.5 * np.ptp(log)), "sqrt": (root.max() + 0.5 * np.ptp(root)) ** 2}
+    for transform, high in highs.items():
+        model = with_target_transform(LinearRegression(), transform).fit(X, y)
+        inside = model.predict(X[:5])
+        np.testing.assert_allclose(inside, y[:5], rtol=0.3 if transform == "sqrt" else 1e-9)  # sqrt(y) is not linear in X
+        far = model.predict(np.array([[50.0], [-50.0]]))  # a wild extrapolation either way
+        assert far[0] == pytest.approx(high, rel=0.01) and 0 <= far[1] <= y.min(), transform

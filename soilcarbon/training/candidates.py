@@ -5,8 +5,10 @@
   (Ramirez-Lopez et al. 2013), see :mod:`soilcarbon.models.mbl`.
 - ``lightgbm``: gradient-boosted trees (Ke et al. 2017) on PLS (``n_pls``) or PCA (``n_pca``)
   scores of the preprocessed spectra plus the covariates (fusion of both sources).
-- ``covariates``: a learner on the covariates alone: gradient boosting, random forest, ridge
-  multiple linear regression or SVR (``learner``).
+- ``scores``: any covariate learner (``learner``: cubist, svr, gp, forest, ...) on those scores
+  plus the covariates; Cubist on PCA scores of SNV spectra is the Open Soil Spectral Library's
+  model (Safanelli et al. 2025).
+- ``covariates``: a learner on the covariates alone (``learner``, see :func:`covariate_learner`).
 
 A target transform (log, sqrt) wraps any of them in a ``TransformedTargetRegressor``.
 """
@@ -43,7 +45,7 @@ def _lgbm(params: dict, seed: int):
     defaults = dict(n_estimators=400, learning_rate=0.05, num_leaves=15, min_child_samples=10,
                     subsample=0.8, subsample_freq=1, colsample_bytree=0.8, verbose=-1, n_jobs=1,
                     random_state=seed)
-    defaults.update({k: v for k, v in params.items() if k not in ("n_pca", "n_pls")})
+    defaults.update(params)
     return LGBMRegressor(**defaults)
 
 
@@ -116,9 +118,11 @@ def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: l
             ("features", _spectra_only(spectral_preprocessing(preprocessing, layout), layout)),
             ("mbl", MemoryBasedLearner(**params)),
         ])
-    elif spec.model == "lightgbm":
-        compress = (PLSScores(int(params["n_pls"])) if "n_pls" in params
-                    else PCA(n_components=int(params.get("n_pca", 20)), random_state=seed))
+    elif spec.model in ("lightgbm", "scores"):
+        learner = params.pop("learner", "lightgbm") if spec.model == "scores" else "lightgbm"
+        n_pls, n_pca = params.pop("n_pls", None), params.pop("n_pca", None)
+        compress = (PLSScores(int(n_pls)) if n_pls is not None
+                    else PCA(n_components=int(n_pca or 20), random_state=seed))
         blocks = [("spectra", Pipeline([
             ("preprocessing", spectral_preprocessing(preprocessing, layout)),
             ("compress", compress),
@@ -126,7 +130,7 @@ def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: l
         if layout.covariates:
             blocks.append(("covariates", "passthrough", layout.covariate_index))
         model = Pipeline([("features", ColumnTransformer(blocks, remainder="drop")),
-                          ("lightgbm", _lgbm(params, seed))])
+                          (learner, covariate_learner(learner, params, seed))])
     elif spec.model == "covariates":
         learner = params.pop("learner", "lightgbm")
         model = Pipeline([
@@ -138,12 +142,18 @@ def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: l
     return with_target_transform(model, spec.transform)
 
 
+LEARNERS = ("lightgbm", "forest", "extratrees", "linear", "svr", "gp", "cubist")
+
+
 def covariate_learner(learner: str, params: dict, seed: int = 0):
-    """A regressor for covariates: ``lightgbm`` (gradient boosting), ``forest`` (random forest,
-    Breiman 2001), ``linear`` (ridge-regularized multiple linear regression, alpha by internal
-    CV) or ``svr`` (RBF support vector regression on standardized inputs and target). Missing
-    covariate values are imputed by the median for the linear and SVR learners."""
-    from sklearn.ensemble import RandomForestRegressor
+    """A regressor for covariates (or scores): ``lightgbm`` (gradient boosting), ``forest`` (random
+    forest, Breiman 2001), ``extratrees`` (extremely randomized trees, Geurts et al. 2006),
+    ``linear`` (ridge-regularized multiple linear regression, alpha by internal CV), ``svr`` (RBF
+    support vector regression on standardized inputs and target), ``gp`` (Gaussian process with a
+    Matern 5/2 kernel plus noise, hyperparameters by marginal likelihood, Rasmussen & Williams
+    2006) or ``cubist`` (rule-based model trees, Quinlan 1992, the ``cubist`` package). Missing
+    values are imputed by the median for the linear, SVR, GP and Cubist learners."""
+    from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
@@ -154,6 +164,23 @@ def covariate_learner(learner: str, params: dict, seed: int = 0):
     if learner == "forest":
         defaults = dict(n_estimators=300, min_samples_leaf=2, max_features=0.5, n_jobs=1, random_state=seed)
         return RandomForestRegressor(**{**defaults, **params})
+    if learner == "extratrees":  # all features at each split: Geurts et al.'s default for regression
+        defaults = dict(n_estimators=300, min_samples_leaf=2, max_features=1.0, n_jobs=1, random_state=seed)
+        return ExtraTreesRegressor(**{**defaults, **params})
+    if learner == "gp":
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+        kernel = ConstantKernel() * Matern(length_scale=float(params.get("length_scale", 3.0)), nu=2.5) + WhiteKernel()
+        return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
+                         ("gp", GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed))])
+    if learner == "cubist":
+        from cubist import Cubist
+
+        # pandas in, so Cubist sees the same column names at fit and predict (it names numpy
+        # columns itself at fit, and scikit-learn then warns at every predict)
+        return Pipeline([("impute", SimpleImputer(strategy="median").set_output(transform="pandas")),
+                         ("cubist", Cubist(**{"n_committees": 5, "random_state": seed, **params}))])
     if learner == "linear":
         return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
                          ("ridge", RidgeCV(alphas=np.logspace(-3, 3, 13)))])
@@ -161,22 +188,51 @@ def covariate_learner(learner: str, params: dict, seed: int = 0):
         svr = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
                         ("svr", SVR(**{"C": 10.0, "epsilon": 0.1, **params}))])
         return TransformedTargetRegressor(svr, transformer=StandardScaler())
-    raise SoilCarbonError(f"unknown covariates learner {learner!r}; use lightgbm, forest, linear or svr")
+    raise SoilCarbonError(f"unknown learner {learner!r}; use one of {', '.join(LEARNERS)}")
 
 
 def with_target_transform(model, transform: str):
-    """Wrap a regressor so it learns ``transform(y)`` and predicts on the original scale."""
+    """Wrap a regressor so it learns ``transform(y)`` and predicts on the original scale, the
+    inverse clipped to a safe range (:class:`BoundedTargetTransform`)."""
     if transform == "none":
         return model
-    if transform == "log":
-        return TransformedTargetRegressor(model, func=np.log, inverse_func=np.exp, check_inverse=False)
-    if transform == "sqrt":
-        return TransformedTargetRegressor(model, func=np.sqrt, inverse_func=_square_nonnegative,
-                                          check_inverse=False)
+    if transform in ("log", "sqrt"):
+        return TransformedTargetRegressor(model, transformer=BoundedTargetTransform(transform), check_inverse=False)
     raise SoilCarbonError(f"unknown target transform {transform!r}")
 
 
+class BoundedTargetTransform(TransformerMixin, BaseEstimator):
+    """``log`` or ``sqrt`` of the target; the inverse clips the transformed prediction to the
+    training range widened by ``margin`` times its width on each side (and sqrt at 0). Without
+    the bound a model that extrapolates in log space returns ``exp`` of it: one odd spectrum can
+    give a plausible-looking but enormous carbon value. Written here because scikit-learn's
+    ``TransformedTargetRegressor`` takes only stateless functions."""
+
+    def __init__(self, kind: str = "log", margin: float = 0.5):
+        self.kind = kind
+        self.margin = margin
+
+    def fit(self, y, _=None):
+        z = self.transform(y)
+        width = float(np.nanmax(z) - np.nanmin(z))
+        self.low_ = float(np.nanmin(z)) - self.margin * width
+        self.high_ = float(np.nanmax(z)) + self.margin * width
+        if self.kind == "sqrt":
+            self.low_ = max(self.low_, 0.0)
+        return self
+
+    def transform(self, y):
+        return np.log(y) if self.kind == "log" else np.sqrt(y)
+
+    def inverse_transform(self, z):
+        check_is_fitted(self)
+        z = np.clip(z, self.low_, self.high_)
+        return np.exp(z) if self.kind == "log" else np.square(z)
+
+
 def _square_nonnegative(z):
+    """The sqrt transform's inverse in models trained before :class:`BoundedTargetTransform`
+    (their pickles refer to it)."""
     return np.square(np.clip(z, 0, None))
 
 
