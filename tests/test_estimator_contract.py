@@ -27,7 +27,7 @@ from soilcarbon.models.domain import PCADomain
 from soilcarbon.models.ensemble import WeightedEnsemble, weighted_ensemble
 from soilcarbon.models.intervals import NormalizedConformal
 from soilcarbon.models.layout import FeatureLayout
-from soilcarbon.training.candidates import PLS, PLSScores, build_candidate
+from soilcarbon.training.candidates import PLS, PLSScores, Subsampled, build_candidate
 from soilcarbon.training.config import CandidateSpec
 
 STEPS = [{"name": "savgol", "window_length": 11, "polyorder": 2, "deriv": 1}, {"name": "resample", "step": 10}]
@@ -47,7 +47,8 @@ def _run_checks(estimator) -> list[dict]:
 @pytest.mark.parametrize("estimator", [
     PLS(n_components=2), PLSScores(n_components=2), PCADomain(),
     weighted_ensemble([PLS(n_components=2), LinearRegression()], [0.7, 0.3]),
-], ids=["PLS", "PLSScores", "PCADomain", "ensemble"])
+    Subsampled(LinearRegression(), max_samples=20),
+], ids=["PLS", "PLSScores", "PCADomain", "ensemble", "Subsampled"])
 def test_check_estimator_passes_with_no_expected_failure(estimator):
     results = _run_checks(estimator)
     failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]

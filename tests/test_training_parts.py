@@ -255,3 +255,20 @@ def test_log_and_sqrt_inverses_are_clipped_to_a_safe_range():
         np.testing.assert_allclose(inside, y[:5], rtol=0.3 if transform == "sqrt" else 1e-9)  # sqrt(y) is not linear in X
         far = model.predict(np.array([[50.0], [-50.0]]))  # a wild extrapolation either way
         assert far[0] == pytest.approx(high, rel=0.01) and 0 <= far[1] <= y.min(), transform
+
+
+def test_subsampled_learner_fits_on_at_most_max_samples_rows():
+    from sklearn.linear_model import LinearRegression
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from soilcarbon.training.candidates import Subsampled
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(500, 2))
+    y = X[:, 0] + rng.normal(0, 0.1, 500)
+    small = Subsampled(KNeighborsRegressor(), max_samples=100, random_state=1).fit(X, y)
+    assert small.estimator_.n_samples_fit_ == 100
+    again = Subsampled(KNeighborsRegressor(), max_samples=100, random_state=1).fit(X, y)
+    np.testing.assert_array_equal(small.predict(X), again.predict(X))  # seeded
+    full = Subsampled(LinearRegression(), max_samples=500).fit(X, y)  # n <= max_samples: all rows
+    np.testing.assert_allclose(full.predict(X), LinearRegression().fit(X, y).predict(X))

@@ -6,8 +6,9 @@
 - ``lightgbm``: gradient-boosted trees (Ke et al. 2017) on PLS (``n_pls``) or PCA (``n_pca``)
   scores of the preprocessed spectra plus the covariates (fusion of both sources).
 - ``scores``: any covariate learner (``learner``: cubist, svr, gp, forest, ...) on those scores
-  plus the covariates; Cubist on PCA scores of SNV spectra is the Open Soil Spectral Library's
-  model (Safanelli et al. 2025).
+  plus the covariates, fitted on at most ``max_samples`` rows if given (:class:`Subsampled`);
+  Cubist on PCA scores of SNV spectra is the Open Soil Spectral Library's model (Safanelli et
+  al. 2025).
 - ``covariates``: a learner on the covariates alone (``learner``, see :func:`covariate_learner`).
 
 A target transform (log, sqrt) wraps any of them in a ``TransformedTargetRegressor``.
@@ -129,8 +130,11 @@ def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: l
         ]), layout.spectral_index)]
         if layout.covariates:
             blocks.append(("covariates", "passthrough", layout.covariate_index))
-        model = Pipeline([("features", ColumnTransformer(blocks, remainder="drop")),
-                          (learner, covariate_learner(learner, params, seed))])
+        max_samples = params.pop("max_samples", None)
+        regressor = covariate_learner(learner, params, seed)
+        if max_samples is not None:
+            regressor = Subsampled(regressor, int(max_samples), seed)
+        model = Pipeline([("features", ColumnTransformer(blocks, remainder="drop")), (learner, regressor)])
     elif spec.model == "covariates":
         learner = params.pop("learner", "lightgbm")
         model = Pipeline([
@@ -140,6 +144,36 @@ def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: l
     else:  # parse_config guards this
         raise SoilCarbonError(f"unknown candidate model {spec.model!r}")
     return with_target_transform(model, spec.transform)
+
+
+class Subsampled(RegressorMixin, BaseEstimator):
+    """Fit ``estimator`` on at most ``max_samples`` rows (a seeded random subset when there are
+    more): the "subset of data" approximation (Rasmussen & Williams 2006, sect. 8.3.1) that keeps
+    a learner whose cost grows with n (Cubist, SVR, GP) affordable on a library of 50,000
+    spectra; below ``max_samples`` it is the estimator itself. scikit-learn has no such
+    meta-estimator (``BaggingRegressor`` with one estimator would also bootstrap).
+
+    Passes scikit-learn's ``check_estimator`` (tests/test_estimator_contract.py)."""
+
+    def __init__(self, estimator=None, max_samples: int = 5000, random_state: int = 0):
+        self.estimator = estimator
+        self.max_samples = max_samples
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, y_numeric=True)
+        if len(y) > self.max_samples:
+            rows = np.sort(np.random.default_rng(self.random_state).choice(len(y), self.max_samples, replace=False))
+            X, y = X[rows], y[rows]
+        from sklearn.base import clone
+        from sklearn.linear_model import LinearRegression
+
+        self.estimator_ = clone(self.estimator if self.estimator is not None else LinearRegression()).fit(X, y)
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self)
+        return np.ravel(self.estimator_.predict(validate_data(self, X, reset=False)))
 
 
 LEARNERS = ("lightgbm", "forest", "extratrees", "linear", "svr", "gp", "cubist")
