@@ -29,7 +29,7 @@ from soilcarbon.models.matrix import Prepared, plan_spectra, prepare_chunk
 from soilcarbon.progress import Progress
 from soilcarbon.serving.model import ServedModel, check_level, load_model
 from soilcarbon.serving.outputs import Writer, check_outputs, write_problems
-from soilcarbon.serving.parallel import default_workers, one_openmp_thread, ordered_map
+from soilcarbon.serving.parallel import default_workers, limit_openmp_threads, ordered_map
 from soilcarbon.serving.sources import DEFAULT_CHUNK_SIZE, open_input, read_covariates
 from soilcarbon.spectral.spectra import Spectra, check_resolution, format_axis_value
 
@@ -165,7 +165,7 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
         source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)
         with Writer(tmp, kind) as writer:
             seen_ids: set = set()
-            for prepared, result in ordered_map(work, source.chunks(), workers, one_openmp_thread):
+            for prepared, result in ordered_map(work, source.chunks(), workers, limit_openmp_threads):
                 check_unique_ids(prepared.ids, seen_ids, main_path)
                 writer.write(result)
                 summary.n_samples += len(result)
