@@ -46,6 +46,32 @@ def test_no_real_spectrum_is_flagged(shared_data):
         assert scan_problems(spectra.values[complete]) == {}, source
 
 
+
+def test_scan_check_is_the_same_in_every_memory_layout(nir_rows):
+    """``equal_neighbours`` compares the flat buffer (row- or column-major); the counts, and so the
+    rows flagged and their messages, are those of the plain 2-D comparison in every layout, with
+    NaN, infinite, rounded (long runs of equal values) and bad-scan rows."""
+    from soilcarbon.spectral.quality import equal_neighbours
+
+    values = bad_scans(nir_rows)[spectral_columns(nir_rows)].to_numpy(dtype=float)
+    rounded = np.round(values[:4], 3)  # runs of equal neighbours, as in LimeSoDa's SC.93
+    odd = values[:4].copy()
+    odd[0, 5], odd[1, 0], odd[2, -1], odd[3, 10:20] = np.nan, np.inf, -np.inf, np.nan
+    matrix = np.vstack([values, rounded, odd, values[:1]])
+    expected_counts = np.count_nonzero(matrix[:, 1:] == matrix[:, :-1], axis=1)
+    assert expected_counts[12:16].min() > 14  # the rounded rows reach the sort
+    expected = scan_problems(matrix.copy(order="C"))
+    assert sorted(expected) == [4, 5, 6, 7, 8, 9, 10, 11]
+    wide = np.hstack([matrix, matrix])
+    for layout in (matrix.copy(order="C"), matrix.copy(order="F"), wide[:, 700:], matrix[:, ::-1].copy()[:, ::-1],
+                   np.asfortranarray(wide)[:, 700:], np.asfortranarray(np.repeat(matrix, 2, axis=0))[::2]):
+        assert np.array_equal(equal_neighbours(layout), expected_counts)
+        assert scan_problems(layout) == expected
+    for rows in (1, 2):  # a row or two, and a two-point spectrum
+        assert np.array_equal(equal_neighbours(matrix[:rows]), expected_counts[:rows])
+        pair = np.asfortranarray(matrix[:rows, :2])
+        assert np.array_equal(equal_neighbours(pair), np.count_nonzero(pair[:, 1:] == pair[:, :-1], axis=1))
+
 def bad_scans(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows 0-3 real; the others: constants from a blank (0.001) to a saturated (2.0) scan, a flat
     scan with tiny noise, a real scan clipped at its 70th percentile, and one 60 % filled with 0.5."""

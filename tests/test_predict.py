@@ -432,3 +432,32 @@ def test_memory_does_not_grow_with_the_input(store, nir_table, reference, tmp_pa
     source_ids = nir_table["sample_id"].to_numpy()[picks]
     np.testing.assert_allclose(result["prediction"].to_numpy(), reference.loc[source_ids, "prediction"].to_numpy(),
                                rtol=1e-7, atol=1e-9)
+
+
+def test_duplicate_ids_are_named_within_a_chunk_and_across_chunks():
+    """``check_unique_ids`` (set operations): ids repeated in one chunk or seen in an earlier one are
+    named (sorted, five at most), samples without id (None) are never duplicates, ``seen`` grows."""
+    from soilcarbon.serving.batch import check_unique_ids
+
+    seen: set = set()
+    check_unique_ids(np.array(["a", None, "b", None], dtype=object), seen, "in.csv")
+    assert seen == {"a", "b"}
+    check_unique_ids(["c", None], seen, "in.csv")
+    assert seen == {"a", "b", "c"}
+    cases = [
+        (["d", "a", "e"], "in.csv: duplicate sample id(s) a; every sample needs its own id"),
+        (np.array(["x", "y", "x", None, None], dtype=object), "in.csv: duplicate sample id(s) x; every sample needs its own id"),
+        (["b", "z", "z", "z"], "in.csv: duplicate sample id(s) b, z; every sample needs its own id"),
+        ([*"pqrstuv", *"pqrstuv", "a"], "in.csv: duplicate sample id(s) a, p, q, r, s and 3 more; every sample needs its own id"),
+    ]
+    for ids, message in cases:
+        before = set(seen)
+        with pytest.raises(SoilCarbonError) as caught:
+            check_unique_ids(ids, seen, "in.csv")
+        assert str(caught.value) == message
+        assert seen == before  # a refused chunk adds nothing
+    many = np.array([f"B{i:07d}" for i in range(50_000)], dtype=object)
+    check_unique_ids(many, seen, "big.parquet")
+    assert len(seen) == 50_003
+    with pytest.raises(SoilCarbonError, match="big.parquet: duplicate sample id\\(s\\) B0000007; "):
+        check_unique_ids(np.array(["new", "B0000007"], dtype=object), seen, "big.parquet")

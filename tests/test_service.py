@@ -344,6 +344,60 @@ def test_covariates_model_over_json(store):
         server.stop()
 
 
+
+def test_openmp_is_limited_once_in_each_request_thread(store, nir_table, reference, tmp_path, monkeypatch):
+    """OpenMP's thread count is a per-thread setting: every thread uvicorn/FastAPI runs a prediction
+    in predicts with the service's limit (one thread; two spinning threads made one spectrum ~8x
+    slower), and sets it once, not per request (it costs milliseconds)."""
+    import threadpoolctl
+
+    from soilcarbon.serving import api
+
+    limited, seen = [], []
+    real_limits, real_predict = threadpoolctl.threadpool_limits, api.predict_spectra
+
+    def counting_limits(*args, **kwargs):
+        if kwargs.get("user_api") == "openmp":
+            limited.append(threading.current_thread())
+        return real_limits(*args, **kwargs)
+
+    def observed_predict(*args, **kwargs):
+        openmp = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"]
+        seen.append((threading.current_thread(), openmp))
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", counting_limits)
+    monkeypatch.setattr(api, "predict_spectra", observed_predict)
+    assert any(i["user_api"] == "openmp" for i in threadpoolctl.threadpool_info())  # scikit-learn's libgomp
+    server = ThreadServer(api.create_app(store["nir"], api_key=""))
+    try:
+        body = body_for(nir_table.head(3))
+        upload = tmp_path / "three.csv"
+        nir_table.head(3).to_csv(upload, index=False)
+
+        def one(k: int) -> dict:
+            if k % 4 == 3:
+                with upload.open("rb") as handle:
+                    response = httpx.post(server.url + "/v1/predict/file", files={"files": ("three.csv", handle)},
+                                          timeout=60)
+            else:
+                response = httpx.post(server.url + "/v1/predict", json=body, timeout=60)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        answers = [one(k) for k in range(8)]
+        with ThreadPoolExecutor(4) as pool:
+            answers += list(pool.map(one, range(16)))
+    finally:
+        server.stop()
+    for answer in answers:
+        assert_matches(answer["predictions"], reference)
+    assert len(seen) == 24
+    assert all(openmp and set(openmp) == {1} for _, openmp in seen), seen
+    threads = {thread for thread, _ in seen}
+    assert threading.main_thread() not in threads
+    assert len(limited) == len(set(limited)) and set(limited) == threads  # once in each request thread
+
 def test_reload_follows_the_alias(store, nir_table, reference):
     """Two registered versions of one model; moving the alias and POST /v1/reload switches versions
     without a restart; a reload that cannot resolve keeps the current version."""

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from soilcarbon.lab.transfer import conformal_quantile
-from soilcarbon.models.soc_model import MAX_ABS_VALUE, predict_table
+from soilcarbon.models.soc_model import MAX_ABS_VALUE, largest_magnitude, predict_table
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TransferredModel:
             return X
         spectral = self.layout.spectral_index
         values = X[:, spectral]
-        finite = np.isfinite(values).all(axis=1) & (np.abs(values).max(axis=1, initial=0) <= MAX_ABS_VALUE)
+        finite = largest_magnitude(values) <= MAX_ABS_VALUE  # False for NaN and infinite values too
         if finite.any():
             X[np.ix_(finite, np.arange(X.shape[1])[spectral])] = self.mapper.transform(X[finite][:, spectral])
         return X

@@ -40,6 +40,7 @@ from soilcarbon.models.matrix import sample_id
 from soilcarbon.serving import web
 from soilcarbon.serving.batch import predict_spectra
 from soilcarbon.serving.model import ServedModel, load_model
+from soilcarbon.serving.parallel import limit_openmp_threads
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1000
@@ -264,7 +265,9 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
     ``api_key`` defaults to ``$SOILCARBON_API_KEY`` (no key check when unset or empty).
     ``native_threads`` limits BLAS/OpenMP pools of this process (``threadpoolctl``): requests are
     already served by parallel threads, and OpenMP threads spinning against each other made a
-    one-spectrum prediction ~8x slower on a busy 2-core machine. None leaves them alone.
+    one-spectrum prediction ~8x slower on a busy 2-core machine. BLAS is limited here, for the
+    process; OpenMP's limit is per thread, so each thread that runs predictions sets it once
+    (:func:`~soilcarbon.serving.parallel.limit_openmp_threads`). None leaves them alone.
     """
     if max_batch < 1:
         raise SoilCarbonError(f"the batch limit must be at least 1 sample, got {max_batch}")
@@ -277,6 +280,10 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
         threadpool_limits(limits=int(native_threads))
     state = {"model": load_model(model_uri)}
     reload_lock = threading.Lock()
+
+    def limit_threads() -> None:  # in the request's thread: OpenMP limits do not cross threads
+        if native_threads is not None:
+            limit_openmp_threads(int(native_threads))
 
     app = FastAPI(
         title="soilcarbon",
@@ -328,6 +335,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
     @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,
               summary="Predict SOC for spectra sent as JSON")
     def predict(request: PredictRequest):
+        limit_threads()
         model = state["model"]
         check_batch(len(request.samples))
         level = model.check_level(request.level)
@@ -350,6 +358,7 @@ def create_app(model_uri: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, 
                      id_col: str = Form("sample_id", description="Id column of a table."),
                      level: Optional[float] = Form(None, description="Interval level in (0, 1)."),
                      id_pattern: Optional[str] = Form(None, description="Regex with one group: OPUS sample id.")):
+        limit_threads()
         model = state["model"]
         level = model.check_level(level)
         with tempfile.TemporaryDirectory(prefix="soilcarbon-upload-") as folder:

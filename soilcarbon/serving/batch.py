@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from soilcarbon.models.matrix import Prepared, plan_spectra, prepare_chunk
 from soilcarbon.progress import Progress
 from soilcarbon.serving.model import ServedModel, check_level, load_model
 from soilcarbon.serving.outputs import Writer, check_outputs, write_problems
-from soilcarbon.serving.parallel import default_workers, one_openmp_thread, ordered_map
+from soilcarbon.serving.parallel import default_workers, limit_openmp_threads, ordered_map
 from soilcarbon.serving.sources import DEFAULT_CHUNK_SIZE, open_input, read_covariates
 from soilcarbon.spectral.spectra import Spectra, check_resolution, format_axis_value
 
@@ -164,7 +165,7 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
         source.on_bytes = lambda done: progress.update(completed=done, samples=summary.n_samples)
         with Writer(tmp, kind) as writer:
             seen_ids: set = set()
-            for prepared, result in ordered_map(work, source.chunks(), workers, one_openmp_thread):
+            for prepared, result in ordered_map(work, source.chunks(), workers, limit_openmp_threads):
                 check_unique_ids(prepared.ids, seen_ids, main_path)
                 writer.write(result)
                 summary.n_samples += len(result)
@@ -182,8 +183,12 @@ def predict_file(model: ServedModel | str, output, spectra=None, covariates=None
 def check_unique_ids(ids, seen: set, source) -> None:
     """Refuse sample ids repeated within ``ids`` or already in ``seen`` (updated), naming them:
     two rows with one id give two numbers no one can tell apart (train and REST refuse them too)."""
-    present = pd.Series([i for i in ids if i is not None], dtype=object)
-    repeated = set(present[present.duplicated()]) | (set(present) & seen)
+    ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    present = set(ids)
+    present.discard(None)  # a sample without id is a problem of its own, not a duplicate
+    repeated = present & seen
+    if len(present) < len(ids) - ids.count(None):  # an id stands twice in this chunk: find which
+        repeated |= {i for i, count in collections.Counter(ids).items() if count > 1 and i is not None}
     if repeated:
         shown = sorted(map(str, repeated))
         more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
@@ -33,13 +34,24 @@ def ordered_map(function, items: Iterator, workers: int, initializer: Callable[[
                 future.cancel()
 
 
-def one_openmp_thread() -> None:
-    """Limit OpenMP to one thread in a pool thread: its thread count is a per-thread setting, so
-    the limit :func:`predict_file` sets in the calling thread does not reach the workers (BLAS
-    limits are process-wide and do)."""
+_thread_state = threading.local()
+
+
+def limit_openmp_threads(limit: int = 1) -> None:
+    """Limit OpenMP to ``limit`` threads in the calling thread, once per thread.
+
+    OpenMP's thread count is a per-thread setting, so a limit set in one thread (``predict_file``'s,
+    or the service's when it starts) does not reach pool threads: batch workers and the threads
+    FastAPI runs requests in (BLAS limits are process-wide and do). Setting it costs a few ms
+    (``threadpoolctl`` inspects the loaded libraries), so a thread that already has this limit
+    skips it: a request thread pays once, not per request.
+    """
+    if getattr(_thread_state, "openmp_limit", None) == limit:
+        return
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=1, user_api="openmp")
+    threadpool_limits(limits=limit, user_api="openmp")
+    _thread_state.openmp_limit = limit
 
 
 def default_workers() -> int:
