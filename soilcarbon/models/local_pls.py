@@ -57,6 +57,82 @@ def _matvec(M, x, out):
         out[r] = s
 
 
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _abt(A, B, out):
+    """``out = A @ B.T`` in place, by row dot products (no BLAS call: the matrices are tiny)."""
+    for a in range(A.shape[0]):
+        for b in range(B.shape[0]):
+            out[a, b] = _dot(A[a], B[b])
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _gram(X, out):
+    """``out = X @ X.T`` in place without a BLAS call: the lower triangle in tiles of 4 x 2 rows (eight
+    running sums, so each loaded element serves several products), mirrored to the upper one.
+    For the k x p neighbourhoods of MBL (~120 x 140) this beats a single-threaded BLAS call."""
+    k, p = X.shape
+    a = 0
+    while a + 4 <= k:
+        x0, x1, x2, x3 = X[a], X[a + 1], X[a + 2], X[a + 3]
+        for b in range(0, a + 4, 2):  # a + 4 is even: pairs b, b + 1 <= a + 3
+            u, v = X[b], X[b + 1]
+            s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = 0.0
+            for j in range(p):
+                s0 += x0[j] * u[j]
+                s1 += x1[j] * u[j]
+                s2 += x2[j] * u[j]
+                s3 += x3[j] * u[j]
+                t0 += x0[j] * v[j]
+                t1 += x1[j] * v[j]
+                t2 += x2[j] * v[j]
+                t3 += x3[j] * v[j]
+            for r, s, t in ((0, s0, t0), (1, s1, t1), (2, s2, t2), (3, s3, t3)):
+                out[a + r, b] = s
+                out[b, a + r] = s
+                out[a + r, b + 1] = t
+                out[b + 1, a + r] = t
+        a += 4
+    for r in range(a, k):  # the last k mod 4 rows
+        for b in range(r + 1):
+            s = _dot(X[r], X[b])
+            out[r, b] = s
+            out[b, r] = s
+
+
+@njit(cache=True, nogil=True)
+def _inverse(M, out, work):
+    """``out = M^-1`` for a small square ``M`` by Gauss-Jordan elimination with partial pivoting
+    (``work`` is scratch of M's shape); numba's ``np.linalg.inv`` goes through LAPACK, whose call
+    costs more than the elimination of a matrix of ~20 x 20."""
+    n = M.shape[0]
+    work[:, :] = M
+    out[:, :] = 0.0
+    for r in range(n):
+        out[r, r] = 1.0
+    for c in range(n):
+        piv = c
+        best = abs(work[c, c])
+        for r in range(c + 1, n):
+            if abs(work[r, c]) > best:
+                best = abs(work[r, c])
+                piv = r
+        if piv != c:
+            for j in range(n):
+                work[c, j], work[piv, j] = work[piv, j], work[c, j]
+                out[c, j], out[piv, j] = out[piv, j], out[c, j]
+        inv_p = 1.0 / work[c, c]
+        for j in range(n):
+            work[c, j] *= inv_p
+            out[c, j] *= inv_p
+        for r in range(n):
+            if r != c:
+                f = work[r, c]
+                if f != 0.0:
+                    for j in range(n):
+                        work[r, j] -= f * work[c, j]
+                        out[r, j] -= f * out[c, j]
+
+
 @njit(cache=True, nogil=True)
 def nearest_update(D, offset, self_index, best_d, best_i):
     """Running exact top-k: merge a block of dissimilarities into per-query max-heaps.
@@ -180,6 +256,9 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
     PtW = np.empty((A, A))
     PtP = np.empty((A, A))
     WtW = np.empty((A, A))
+    Minv = np.empty((A, A))
+    RtR = np.empty((A, A))
+    work = np.empty((A, A))
     tt = np.empty(A)
     q = np.empty(A)
     c = np.empty(A)
@@ -252,7 +331,7 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
                 row = X[idx[a]]
                 for j in range(p):
                     Xc[a, j] = sw[a] * (row[j] - xm[j])
-            np.dot(Xc, Xc.T, K)  # BLAS: the largest product of the row form
+            _gram(Xc, K)  # the largest product of the row form
             for a in range(k):
                 kq[a] = _dot(Xc[a], xz)
             xx = _dot(xz, xz)
@@ -321,11 +400,11 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
         if failed:
             bad[i] = True
             continue
-        np.dot(T, V.T, PtW)
+        _abt(T, V, PtW)
         for a in range(A):
             PtW[a] /= tt[a]
             s_u[a] = _dot(U[a], kq)
-        Minv = np.linalg.inv(PtW)
+        _inverse(PtW, Minv, work)
         # query scores t_q = (kq' U) (P'W)^-1; predictions for 1..A components (without the mean)
         acc = 0.0
         for b in range(A):
@@ -343,11 +422,22 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
             for a in range(A):
                 for r in range(k):
                     KT[a, r] = (Z[a, r] - Z[a + 1, r]) / q[a]
-            np.dot(T, KT.T, PtP)
-            np.dot(U, V.T, WtW)
+            _abt(T, KT, PtP)
+            _abt(U, V, WtW)
             for a in range(A):
                 pxz[a] = _dot(T[a], kq)
-            RtR = Minv.T @ WtW @ Minv
+            for a in range(A):  # RtR = Minv' WtW Minv
+                for b in range(A):
+                    s = 0.0
+                    for r in range(A):
+                        s += WtW[a, r] * Minv[r, b]
+                    work[a, b] = s
+            for a in range(A):
+                for b in range(A):
+                    s = 0.0
+                    for r in range(A):
+                        s += Minv[r, a] * work[r, b]
+                    RtR[a, b] = s
             wsum = 0.0
             cross = 0.0
             quad_r = 0.0
