@@ -134,44 +134,90 @@ def _inverse(M, out, work):
 
 
 @njit(cache=True, nogil=True)
-def nearest_update(D, offset, self_index, best_d, best_i):
-    """Running exact top-k: merge a block of dissimilarities into per-query max-heaps.
+def _smallest_first(vals, idx, n, kk):
+    """Quickselect (Hoare partition, median-of-three pivot) on ``vals[:n]``, with ``idx`` moved
+    alongside, so that its ``kk`` smallest entries come first; returns the largest of them."""
+    lo, hi = 0, n - 1
+    target = kk - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        a, b, c = vals[lo], vals[mid], vals[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i, j = lo, hi
+        while i <= j:
+            while vals[i] < pivot:
+                i += 1
+            while vals[j] > pivot:
+                j -= 1
+            if i <= j:
+                vals[i], vals[j] = vals[j], vals[i]
+                idx[i], idx[j] = idx[j], idx[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            break
+    top = vals[0]
+    for a in range(1, kk):
+        top = max(top, vals[a])
+    return top
+
+
+@njit(cache=True, nogil=True)
+def nearest_update(D, offset, self_index, buf_d, buf_i, count, limit, kk):
+    """Running exact top-``kk``: merge a block of dissimilarities into per-query candidate buffers.
 
     ``D`` (m, r) holds the dissimilarities of m queries to reference samples
-    ``offset .. offset + r - 1``; ``best_d`` / ``best_i`` (m, k) are max-heaps (largest
-    dissimilarity at position 0; start them at ``inf`` / ``-1``) of the k smallest
-    dissimilarities seen so far and their reference indices. ``self_index`` (m,) gives a
-    reference index to skip per query (leave-one-out; ``-1`` skips nothing). Each block costs one
-    comparison per entry and a heap update only for entries that enter the top k, so a
-    library of any size is searched in blocks of bounded memory. NaN entries are never kept.
+    ``offset .. offset + r - 1``. Each query keeps a buffer ``buf_d`` / ``buf_i`` (m, c), ``c > kk``,
+    of the entries that were below its threshold ``limit`` (m,) when seen, ``count`` (m,) of them
+    (start at 0 and ``inf``): an entry enters when it is below the threshold; when a buffer is
+    full, a quickselect (:func:`_smallest_first`) keeps its ``kk`` smallest and the threshold
+    drops to the largest of these. Entries at or above the threshold can never be among the ``kk``
+    smallest, so :func:`nearest_finish` then gives the exact top ``kk``. Each block costs one
+    well-predicted comparison per entry, a store per entering entry and a quickselect per ``c - kk``
+    of them (a heap would sift each entering entry through ``log2 kk`` unpredictable levels).
+    ``self_index`` (m,) gives a reference index to skip per query (leave-one-out; ``-1`` skips
+    nothing). The buffers' dtype should be ``D``'s. NaN entries are never kept.
     """
     m, r = D.shape
-    k = best_d.shape[1]
+    cap = buf_d.shape[1]
     for i in range(m):
-        hd = best_d[i]
-        hi = best_i[i]
+        bd = buf_d[i]
+        bi = buf_i[i]
         skip = self_index[i] - offset
-        limit = hd[0]  # the current k-th smallest, kept in a register
+        lim = limit[i]
+        c = count[i]
         for j in range(r):
             d = D[i, j]
-            if not d < limit or j == skip:
-                continue
-            pos = 0
-            while True:  # sift the new entry down from the root
-                left = 2 * pos + 1
-                if left >= k:
-                    break
-                child = left
-                if left + 1 < k and hd[left + 1] > hd[left]:
-                    child = left + 1
-                if hd[child] <= d:
-                    break
-                hd[pos] = hd[child]
-                hi[pos] = hi[child]
-                pos = child
-            hd[pos] = d
-            hi[pos] = j + offset
-            limit = hd[0]
+            if d < lim and j != skip:
+                bd[c] = d
+                bi[c] = j + offset
+                c += 1
+                if c == cap:
+                    lim = _smallest_first(bd, bi, c, kk)
+                    c = kk
+        limit[i] = lim
+        count[i] = c
+
+
+@njit(cache=True, nogil=True)
+def nearest_finish(buf_d, buf_i, count, kk):
+    """The ``kk`` smallest entries of each buffer of :func:`nearest_update` (in no particular
+    order; ``inf`` / ``-1`` where fewer than ``kk`` entries were kept): ``(values, indices)``."""
+    m = buf_d.shape[0]
+    best_d = np.full((m, kk), np.inf, dtype=buf_d.dtype)
+    best_i = np.full((m, kk), -1, dtype=buf_i.dtype)
+    for i in range(m):
+        c = count[i]
+        if c > kk:
+            _smallest_first(buf_d[i], buf_i[i], c, kk)
+            c = kk
+        best_d[i, :c] = buf_d[i, :c]
+        best_i[i, :c] = buf_i[i, :c]
+    return best_d, best_i
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
