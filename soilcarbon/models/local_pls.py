@@ -2,8 +2,9 @@
 
 For each query the neighbours' predictors are gathered from the reference set, centred on
 their weighted mean and weighted, ``Xc = S (X_nb - 1 x_m')`` with ``S = diag(sqrt(k w))``, their
-k x k Gram matrix ``K = Xc Xc'`` is formed (by BLAS; or, in the Gram form, gathered from a Gram
-matrix the caller formed once for many queries and centred and weighted there), and PLS1 runs in kernel form (Lindgren et al., 1993;
+k x k Gram matrix ``K = Xc Xc'`` is formed (in register tiles, :func:`_gram`; or, in the Gram form,
+gathered from a Gram matrix the caller formed once for many queries and centred and weighted
+there), and PLS1 runs in kernel form (Lindgren et al., 1993;
 Rannar et al., 1994): each component costs one k x k matrix-vector product instead of several
 k x p products. The algebra is that of the per-query reference path
 (:func:`soilcarbon.models.mbl.pls1_nipals` followed by Shenk et al.'s wapls weights); the query
@@ -18,7 +19,9 @@ In NIPALS terms, with ``yd`` the deflated response: ``|X'yd|^2 = yd'K yd``,
 ``K t_a = (K yd_a - K yd_a+1) / q_a``.
 
 Each query's matrices stay in the core's cache, which is why a compiled loop over queries is
-faster than the same algebra batched across queries in NumPy (``benchmarks/bench_mbl.py``
+faster than the same algebra batched across queries in NumPy. The kernel calls no BLAS or LAPACK
+routine: for matrices of ~120 x 140 and ~20 x 20 the call costs more than the arithmetic, and
+BLAS threads would compete with the caller's (``benchmarks/bench_mbl.py``
 prints the rate against the per-query path and across reference-set sizes).
 Queries whose local NIPALS stops early (fewer components than asked) or comes out non-finite
 are flagged ``bad``; the caller recomputes them with the reference path.

@@ -482,7 +482,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         m = len(Eq)
         k = min(int(k), n)
         skip = np.full(m, -1, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
-        # single precision pays where the references far outnumber the 2k candidates it rechecks
+        # single precision pays where the references far outnumber the candidates it rechecks (above 8 x 2k)
         single = self.diss_method == "cor" and SINGLE_MIN_RATIO * 2 * k < n
         kk = min(n, k + max(SINGLE_MARGIN_MIN, int(SINGLE_MARGIN * k))) if single else k
         best_s, best_i = self._scan(Eq, skip, kk, single, reference32)
