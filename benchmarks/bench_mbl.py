@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.signal import savgol_filter
-from threadpoolctl import threadpool_limits
 
-from soilcarbon.models.mbl import MemoryBasedLearner
+from soilcarbon.models.mbl import MemoryBasedLearner, one_blas_thread
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nirsoil" / "nirsoil_train.csv"
 
@@ -58,7 +57,7 @@ def reference_predict(mbl, Xq):
     """The per-query path (one NIPALS local PLS per query, full dissimilarity matrix)."""
     Eq = mbl._embed(Xq)
     D = mbl._pairwise(Eq, mbl.E_, mbl.diss_method)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         return mbl._predict_rows_loop(Xq, Eq, D, mbl.k_)[:, 0]
 
 

@@ -80,6 +80,7 @@ correction for near-infrared reflectance data. Analytical Chemistry 62, 664-673.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
@@ -87,7 +88,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.local_pls import local_pls_predict, nearest_finish, nearest_update, neighbour_dissimilarities
@@ -102,6 +103,22 @@ QUERY_BLOCK = 512  # queries handled together (neighbour search, then their loca
 SINGLE_MARGIN, SINGLE_MARGIN_MIN = 0.5, 8  # the single-precision scan keeps k + max(8, k / 2) candidates
 SINGLE_MIN_RATIO = 8  # the "cor" scan runs in single precision above 8 x 2k references
 GRAM_BYTES = 64e6  # largest Gram matrix of a query block's neighbours (up to 2,828 distinct references)
+
+
+@functools.cache
+def _blas_libraries():
+    """threadpoolctl's handle on the BLAS libraries loaded in this process, found once: finding
+    them reads the process's library list (milliseconds, more than a one-spectrum ``predict``),
+    setting a limit through the handle takes microseconds. Libraries loaded later are not seen."""
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """Context manager limiting BLAS to one thread (threadpoolctl), for ``predict`` and the
+    leave-one-out choice of ``k``: their products are cache-sized blocks, and BLAS threads woken
+    for them fight the compiled loops and other processes for the cores (5-10x slower on 2
+    shared cores)."""
+    return _blas_libraries().limit(limits=1, user_api="blas")
 
 
 def gram_form(u, m, k):
@@ -633,7 +650,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             self.k_ = ks[0]
             return self
         pred = {k: np.empty(len(y)) for k in ks}
-        with threadpool_limits(limits=1, user_api="blas"):  # see predict_with_info
+        with one_blas_thread():
             for rows, results in self._query_blocks(X, ks, leave_one_out=True):
                 for k, out in results.items():
                     pred[k][rows] = out[:, 0]
@@ -654,10 +671,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         k = min(self.k_, len(self.y_))
         out = np.empty((len(X), 5))
-        # one BLAS thread: the products here are cache-sized blocks (see ``kneighbors``) whose
-        # threads cost more to wake than they save, and on a busy machine or under joblib
-        # workers they fight the other processes for the cores (5-10x slower on 2 shared cores)
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             for rows, results in self._query_blocks(X, [k]):
                 out[rows] = results[k]
         return pd.DataFrame(
