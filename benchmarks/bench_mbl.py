@@ -55,9 +55,9 @@ def resample(X, y, n, seed):
 
 def reference_predict(mbl, Xq):
     """The per-query path (one NIPALS local PLS per query, full dissimilarity matrix)."""
-    Eq = mbl._embed(Xq)
-    D = mbl._pairwise(Eq, mbl.E_, mbl.diss_method)
     with one_blas_thread():
+        Eq = mbl._embed(Xq)
+        D = mbl._pairwise(Eq, mbl.E_, mbl.diss_method)
         return mbl._predict_rows_loop(Xq, Eq, D, mbl.k_)[:, 0]
 
 
