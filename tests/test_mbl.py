@@ -386,10 +386,17 @@ def test_predictions_equal_those_of_the_code_before_the_blockwise_rewrite(shared
         np.testing.assert_allclose(info, want, rtol=1e-8, atol=1e-8 * np.abs(want).max(), err_msg=name)
 
 
-def test_predictions_on_a_6000_reference_library_equal_those_of_the_code_before_the_cache_blocks(shared_data):
+@pytest.mark.parametrize("scan", [False, True], ids=["one-block", "scanned"])
+def test_predictions_on_a_6000_reference_library_equal_those_of_the_code_before_the_cache_blocks(shared_data, scan, monkeypatch):
     """Stored results of main @ ba05ff1 (before the cache-sized neighbour search and the BLAS-free
     local kernel) on 6,000 resampled NIRsoil references, beyond the old 5,656-reference Gram path:
-    today's code gives them to 1e-8."""
+    today's code gives them to 1e-8, with the library in one block (partial sort) and scanned in
+    blocks of 333 references (running top-k, in single precision for "cor")."""
+    import soilcarbon.models.mbl as mbl_module
+
+    if scan:
+        monkeypatch.setattr(mbl_module, "BLOCK_BYTES", 2e6)
+        monkeypatch.setattr(mbl_module, "SCAN_BYTES", 2e5)
     module = _load_reference_problem("make_mbl_library_reference")
     expected = np.load(Path(__file__).parent / "data" / "mbl_library_reference.npz")
     X, y, Q = module.library_problem()
