@@ -1,5 +1,6 @@
 """Behaviour tests for memory-based learning (soilcarbon.models.mbl)."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -360,10 +361,8 @@ def test_predict_keeps_no_hidden_state_and_pickles_unchanged():
 # ----------------------------------------------------------------------------- library scale
 
 
-def _load_reference_problem():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_mbl_reference", Path(__file__).parent / "data" / "make_mbl_reference.py")
+def _load_reference_problem(name="make_mbl_reference"):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "data" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -381,6 +380,29 @@ def test_predictions_equal_those_of_the_code_before_the_blockwise_rewrite(shared
         if name + "/k_rmse" in expected:
             got = np.array(sorted(mbl.k_validation_rmse_.items()), float)
             np.testing.assert_allclose(got, expected[name + "/k_rmse"], rtol=1e-8, err_msg=name)
+        info = mbl.predict_with_info(Q).to_numpy()
+        want = expected[name + "/info"]
+        np.testing.assert_allclose(info[:, 0], want[:, 0], rtol=1e-8, atol=0, err_msg=name)
+        np.testing.assert_allclose(info, want, rtol=1e-8, atol=1e-8 * np.abs(want).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["one-block", "scanned"])
+def test_predictions_on_a_6000_reference_library_equal_those_of_the_code_before_the_cache_blocks(shared_data, scan, monkeypatch):
+    """Stored results of main @ ba05ff1 (before the cache-sized neighbour search and the BLAS-free
+    local kernel) on 6,000 resampled NIRsoil references, beyond the old 5,656-reference Gram path:
+    today's code gives them to 1e-8, with the library in one block (partial sort) and scanned in
+    blocks of 333 references (running top-k, in single precision for "cor")."""
+    import soilcarbon.models.mbl as mbl_module
+
+    if scan:
+        monkeypatch.setattr(mbl_module, "BLOCK_BYTES", 2e6)
+        monkeypatch.setattr(mbl_module, "SCAN_BYTES", 2e5)
+    module = _load_reference_problem("make_mbl_library_reference")
+    expected = np.load(Path(__file__).parent / "data" / "mbl_library_reference.npz")
+    X, y, Q = module.library_problem()
+    for name, params in module.CONFIGS.items():
+        mbl = MemoryBasedLearner(**params).fit(X, y)
+        assert [mbl.k_, mbl.diss_components_] == expected[name + "/k"].tolist(), name
         info = mbl.predict_with_info(Q).to_numpy()
         want = expected[name + "/info"]
         np.testing.assert_allclose(info[:, 0], want[:, 0], rtol=1e-8, atol=0, err_msg=name)

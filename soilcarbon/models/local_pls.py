@@ -2,8 +2,9 @@
 
 For each query the neighbours' predictors are gathered from the reference set, centred on
 their weighted mean and weighted, ``Xc = S (X_nb - 1 x_m')`` with ``S = diag(sqrt(k w))``, their
-k x k Gram matrix ``K = Xc Xc'`` is formed (by BLAS; or, in the Gram form, gathered from a Gram
-matrix the caller formed once for many queries and centred and weighted there), and PLS1 runs in kernel form (Lindgren et al., 1993;
+k x k Gram matrix ``K = Xc Xc'`` is formed (in register tiles, :func:`_gram`; or, in the Gram form,
+gathered from a Gram matrix the caller formed once for many queries and centred and weighted
+there), and PLS1 runs in kernel form (Lindgren et al., 1993;
 Rannar et al., 1994): each component costs one k x k matrix-vector product instead of several
 k x p products. The algebra is that of the per-query reference path
 (:func:`soilcarbon.models.mbl.pls1_nipals` followed by Shenk et al.'s wapls weights); the query
@@ -18,7 +19,9 @@ In NIPALS terms, with ``yd`` the deflated response: ``|X'yd|^2 = yd'K yd``,
 ``K t_a = (K yd_a - K yd_a+1) / q_a``.
 
 Each query's matrices stay in the core's cache, which is why a compiled loop over queries is
-faster than the same algebra batched across queries in NumPy (``benchmarks/bench_mbl.py``
+faster than the same algebra batched across queries in NumPy. The kernel calls no BLAS or LAPACK
+routine: for matrices of ~120 x 140 and ~20 x 20 the call costs more than the arithmetic, and
+BLAS threads would compete with the caller's (``benchmarks/bench_mbl.py``
 prints the rate against the per-query path and across reference-set sizes).
 Queries whose local NIPALS stops early (fewer components than asked) or comes out non-finite
 are flagged ``bad``; the caller recomputes them with the reference path.
@@ -57,45 +60,167 @@ def _matvec(M, x, out):
         out[r] = s
 
 
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _abt(A, B, out):
+    """``out = A @ B.T`` in place, by row dot products (no BLAS call: the matrices are tiny)."""
+    for a in range(A.shape[0]):
+        for b in range(B.shape[0]):
+            out[a, b] = _dot(A[a], B[b])
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _gram(X, out):
+    """``out = X @ X.T`` in place without a BLAS call: the lower triangle in tiles of 4 x 2 rows (eight
+    running sums, so each loaded element serves several products), mirrored to the upper one.
+    For the k x p neighbourhoods of MBL (~120 x 140) this beats a single-threaded BLAS call."""
+    k, p = X.shape
+    a = 0
+    while a + 4 <= k:
+        x0, x1, x2, x3 = X[a], X[a + 1], X[a + 2], X[a + 3]
+        for b in range(0, a + 4, 2):  # a + 4 is even: pairs b, b + 1 <= a + 3
+            u, v = X[b], X[b + 1]
+            s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = 0.0
+            for j in range(p):
+                s0 += x0[j] * u[j]
+                s1 += x1[j] * u[j]
+                s2 += x2[j] * u[j]
+                s3 += x3[j] * u[j]
+                t0 += x0[j] * v[j]
+                t1 += x1[j] * v[j]
+                t2 += x2[j] * v[j]
+                t3 += x3[j] * v[j]
+            for r, s, t in ((0, s0, t0), (1, s1, t1), (2, s2, t2), (3, s3, t3)):
+                out[a + r, b] = s
+                out[b, a + r] = s
+                out[a + r, b + 1] = t
+                out[b + 1, a + r] = t
+        a += 4
+    for r in range(a, k):  # the last k mod 4 rows
+        for b in range(r + 1):
+            s = _dot(X[r], X[b])
+            out[r, b] = s
+            out[b, r] = s
+
+
 @njit(cache=True, nogil=True)
-def nearest_update(D, offset, self_index, best_d, best_i):
-    """Running exact top-k: merge a block of dissimilarities into per-query max-heaps.
+def _inverse(M, out, work):
+    """``out = M^-1`` for a small square ``M`` by Gauss-Jordan elimination with partial pivoting
+    (``work`` is scratch of M's shape); numba's ``np.linalg.inv`` goes through LAPACK, whose call
+    costs more than the elimination of a matrix of ~20 x 20."""
+    n = M.shape[0]
+    work[:, :] = M
+    out[:, :] = 0.0
+    for r in range(n):
+        out[r, r] = 1.0
+    for c in range(n):
+        piv = c
+        best = abs(work[c, c])
+        for r in range(c + 1, n):
+            if abs(work[r, c]) > best:
+                best = abs(work[r, c])
+                piv = r
+        if piv != c:
+            for j in range(n):
+                work[c, j], work[piv, j] = work[piv, j], work[c, j]
+                out[c, j], out[piv, j] = out[piv, j], out[c, j]
+        inv_p = 1.0 / work[c, c]
+        for j in range(n):
+            work[c, j] *= inv_p
+            out[c, j] *= inv_p
+        for r in range(n):
+            if r != c:
+                f = work[r, c]
+                if f != 0.0:
+                    for j in range(n):
+                        work[r, j] -= f * work[c, j]
+                        out[r, j] -= f * out[c, j]
+
+
+@njit(cache=True, nogil=True)
+def _smallest_first(vals, idx, n, kk):
+    """Quickselect (Hoare partition, median-of-three pivot) on ``vals[:n]``, with ``idx`` moved
+    alongside, so that its ``kk`` smallest entries come first; returns the largest of them."""
+    lo, hi = 0, n - 1
+    target = kk - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        a, b, c = vals[lo], vals[mid], vals[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i, j = lo, hi
+        while i <= j:
+            while vals[i] < pivot:
+                i += 1
+            while vals[j] > pivot:
+                j -= 1
+            if i <= j:
+                vals[i], vals[j] = vals[j], vals[i]
+                idx[i], idx[j] = idx[j], idx[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            break
+    top = vals[0]
+    for a in range(1, kk):
+        top = max(top, vals[a])
+    return top
+
+
+@njit(cache=True, nogil=True)
+def nearest_update(D, offset, self_index, buf_d, buf_i, count, limit, kk):
+    """Running exact top-``kk``: merge a block of dissimilarities into per-query candidate buffers.
 
     ``D`` (m, r) holds the dissimilarities of m queries to reference samples
-    ``offset .. offset + r - 1``; ``best_d`` / ``best_i`` (m, k) are max-heaps (largest
-    dissimilarity at position 0; start them at ``inf`` / ``-1``) of the k smallest
-    dissimilarities seen so far and their reference indices. ``self_index`` (m,) gives a
-    reference index to skip per query (leave-one-out; ``-1`` skips nothing). Each block costs one
-    comparison per entry and a heap update only for entries that enter the top k, so a
-    library of any size is searched in blocks of bounded memory. NaN entries are never kept.
+    ``offset .. offset + r - 1``. Each query keeps a buffer ``buf_d`` / ``buf_i`` (m, c), ``c > kk``,
+    of the entries that were below its threshold ``limit`` (m,) when seen, ``count`` (m,) of them
+    (start at 0 and ``inf``): an entry enters when it is below the threshold; when a buffer is
+    full, a quickselect (:func:`_smallest_first`) keeps its ``kk`` smallest and the threshold
+    drops to the largest of these. Entries at or above the threshold can never be among the ``kk``
+    smallest, so :func:`nearest_finish` then gives the exact top ``kk``. Each block costs one
+    well-predicted comparison per entry, a store per entering entry and a quickselect per ``c - kk``
+    of them (a heap would sift each entering entry through ``log2 kk`` unpredictable levels).
+    ``self_index`` (m,) gives a reference index to skip per query (leave-one-out; ``-1`` skips
+    nothing). The buffers' dtype should be ``D``'s. NaN entries are never kept.
     """
     m, r = D.shape
-    k = best_d.shape[1]
+    cap = buf_d.shape[1]
     for i in range(m):
-        hd = best_d[i]
-        hi = best_i[i]
+        bd = buf_d[i]
+        bi = buf_i[i]
         skip = self_index[i] - offset
-        limit = hd[0]  # the current k-th smallest, kept in a register
+        lim = limit[i]
+        c = count[i]
         for j in range(r):
             d = D[i, j]
-            if not d < limit or j == skip:
-                continue
-            pos = 0
-            while True:  # sift the new entry down from the root
-                left = 2 * pos + 1
-                if left >= k:
-                    break
-                child = left
-                if left + 1 < k and hd[left + 1] > hd[left]:
-                    child = left + 1
-                if hd[child] <= d:
-                    break
-                hd[pos] = hd[child]
-                hi[pos] = hi[child]
-                pos = child
-            hd[pos] = d
-            hi[pos] = j + offset
-            limit = hd[0]
+            if d < lim and j != skip:
+                bd[c] = d
+                bi[c] = j + offset
+                c += 1
+                if c == cap:
+                    lim = _smallest_first(bd, bi, c, kk)
+                    c = kk
+        limit[i] = lim
+        count[i] = c
+
+
+@njit(cache=True, nogil=True)
+def nearest_finish(buf_d, buf_i, count, kk):
+    """The ``kk`` smallest entries of each buffer of :func:`nearest_update` (in no particular
+    order; ``inf`` / ``-1`` where fewer than ``kk`` entries were kept): ``(values, indices)``."""
+    m = buf_d.shape[0]
+    best_d = np.full((m, kk), np.inf, dtype=buf_d.dtype)
+    best_i = np.full((m, kk), -1, dtype=buf_i.dtype)
+    for i in range(m):
+        c = count[i]
+        if c > kk:
+            _smallest_first(buf_d[i], buf_i[i], c, kk)
+            c = kk
+        best_d[i, :c] = buf_d[i, :c]
+        best_i[i, :c] = buf_i[i, :c]
+    return best_d, best_i
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -180,6 +305,9 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
     PtW = np.empty((A, A))
     PtP = np.empty((A, A))
     WtW = np.empty((A, A))
+    Minv = np.empty((A, A))
+    RtR = np.empty((A, A))
+    work = np.empty((A, A))
     tt = np.empty(A)
     q = np.empty(A)
     c = np.empty(A)
@@ -252,7 +380,7 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
                 row = X[idx[a]]
                 for j in range(p):
                     Xc[a, j] = sw[a] * (row[j] - xm[j])
-            np.dot(Xc, Xc.T, K)  # BLAS: the largest product of the row form
+            _gram(Xc, K)  # the largest product of the row form
             for a in range(k):
                 kq[a] = _dot(Xc[a], xz)
             xx = _dot(xz, xz)
@@ -321,11 +449,11 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
         if failed:
             bad[i] = True
             continue
-        np.dot(T, V.T, PtW)
+        _abt(T, V, PtW)
         for a in range(A):
             PtW[a] /= tt[a]
             s_u[a] = _dot(U[a], kq)
-        Minv = np.linalg.inv(PtW)
+        _inverse(PtW, Minv, work)
         # query scores t_q = (kq' U) (P'W)^-1; predictions for 1..A components (without the mean)
         acc = 0.0
         for b in range(A):
@@ -343,11 +471,22 @@ def local_pls_predict(X, y, Xq, nb, dnb, n_components, lo, wapls, tricube, E, co
             for a in range(A):
                 for r in range(k):
                     KT[a, r] = (Z[a, r] - Z[a + 1, r]) / q[a]
-            np.dot(T, KT.T, PtP)
-            np.dot(U, V.T, WtW)
+            _abt(T, KT, PtP)
+            _abt(U, V, WtW)
             for a in range(A):
                 pxz[a] = _dot(T[a], kq)
-            RtR = Minv.T @ WtW @ Minv
+            for a in range(A):  # RtR = Minv' WtW Minv
+                for b in range(A):
+                    s = 0.0
+                    for r in range(A):
+                        s += WtW[a, r] * Minv[r, b]
+                    work[a, b] = s
+            for a in range(A):
+                for b in range(A):
+                    s = 0.0
+                    for r in range(A):
+                        s += Minv[r, a] * work[r, b]
+                    RtR[a, b] = s
             wsum = 0.0
             cross = 0.0
             quad_r = 0.0

@@ -42,10 +42,13 @@ every call and is several times slower for the hundreds of tiny local fits one p
 needs (the results agree to 1e-10, see the tests).
 
 Speed and memory: queries are handled in blocks of ``QUERY_BLOCK``; each block's exact ``k``
-nearest references are found by scanning the reference set in blocks of ``BLOCK_BYTES`` of
-dissimilarities with a running top-k (:meth:`MemoryBasedLearner.kneighbors`), and every query's
-local model is fitted in the kernel form of NIPALS, compiled with numba
-(:mod:`soilcarbon.models.local_pls`), from its k neighbours alone. No n x n or queries x
+nearest references are found by scanning the reference set in cache-sized blocks of
+``SCAN_BYTES`` of scores with a running top-k (:meth:`MemoryBasedLearner.kneighbors`), and every
+query's local model is fitted in the kernel form of NIPALS, compiled with numba and free of BLAS
+calls (:mod:`soilcarbon.models.local_pls`), from its k neighbours alone. ``predict`` and the
+leave-one-out choice of ``k`` run with BLAS limited to one thread (threadpoolctl): the products
+left are cache-sized, and BLAS threads woken for them fight the compiled loops and any other
+process for the cores. No n x n or queries x
 references matrix is formed, so the compiled path is used at any library size and memory does
 not grow with it; the leave-one-out choice of ``k`` and the ``"opc"`` component count are
 blockwise too. For small libraries the cheapest exact path is chosen by size, within the same
@@ -77,6 +80,7 @@ correction for near-infrared reflectance data. Analytical Chemistry 62, 664-673.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
@@ -84,17 +88,37 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import ThreadpoolController
 
 from soilcarbon.errors import SoilCarbonError
-from soilcarbon.models.local_pls import local_pls_predict, nearest_update, neighbour_dissimilarities
+from soilcarbon.models.local_pls import local_pls_predict, nearest_finish, nearest_update, neighbour_dissimilarities
 
 DISS_METHODS = ("cor", "pca", "pls", "euclid")
 DISS_USAGES = ("weights", "none", "predictors")
 LOCAL_METHODS = ("wapls", "pls")
 BLOCK_BYTES = 32e6  # working memory of one block of query x reference dissimilarities
-QUERY_BLOCK = 256  # queries handled together (neighbour search, then their local models)
+SCAN_BYTES = 1 << 20  # one block of query x reference scores in the neighbour scan: fits a core's L2 cache
+SCAN_BUFFER = 4  # candidate buffer of the neighbour scan, in multiples of the candidates kept
+QUERY_BLOCK = 512  # queries handled together (neighbour search, then their local models)
+SINGLE_MARGIN, SINGLE_MARGIN_MIN = 0.5, 8  # the single-precision scan keeps k + max(8, k / 2) candidates
 SINGLE_MIN_RATIO = 8  # the "cor" scan runs in single precision above 8 x 2k references
 GRAM_BYTES = 64e6  # largest Gram matrix of a query block's neighbours (up to 2,828 distinct references)
+
+
+@functools.cache
+def _blas_libraries():
+    """threadpoolctl's handle on the BLAS libraries loaded in this process, found once: finding
+    them reads the process's library list (milliseconds, more than a one-spectrum ``predict``),
+    setting a limit through the handle takes microseconds. Libraries loaded later are not seen."""
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """Context manager limiting BLAS to one thread (threadpoolctl), for ``predict`` and the
+    leave-one-out choice of ``k``: their products are cache-sized blocks, and BLAS threads woken
+    for them fight the compiled loops and other processes for the cores (5-10x slower on 2
+    shared cores)."""
+    return _blas_libraries().limit(limits=1, user_api="blas")
 
 
 def gram_form(u, m, k):
@@ -454,28 +478,30 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
     def kneighbors(self, Eq, k, exclude=None, reference32=None):
         """Exact ``k`` nearest reference samples of embedded queries ``Eq`` (m, e).
 
-        The reference set is scanned in blocks of at most ``BLOCK_BYTES`` with a running top-k
-        (:func:`soilcarbon.models.local_pls.nearest_update`) of a score that orders references
-        as the dissimilarity does (``-r`` for ``"cor"``, ``|b|^2 - 2 a.b`` otherwise), so memory
-        stays bounded whatever the size of the reference set; the dissimilarities of the
-        selected neighbours are then computed exactly. For ``"cor"`` with more than
-        ``SINGLE_MIN_RATIO x 2k`` references the scan runs in single precision and keeps ``2 k``
-        candidates: the rounding error of a float32 product of two
-        rows of norm <= 1 is below ``delta = (e + 3) u`` (``u = 2^-24``, Higham 2002, sec. 3.1),
-        so when the ``2k``-th candidate's score exceeds the ``k``-th one's by more than
+        The reference set is scanned in blocks of ``SCAN_BYTES`` of scores (sized to stay in a
+        core's L2 cache from the product that forms them to the merge that reads them) with a
+        running top-k (:func:`soilcarbon.models.local_pls.nearest_update`) of a score that
+        orders references as the dissimilarity does (``-r`` for ``"cor"``, ``|b|^2 - 2 a.b``
+        otherwise), so memory stays bounded whatever the size of the reference set; the
+        dissimilarities of the selected neighbours are then computed exactly. For ``"cor"`` with
+        more than ``SINGLE_MIN_RATIO x 2k`` references the scan runs in single precision and
+        keeps ``kk = k + max(8, k / 2)`` candidates (``SINGLE_MARGIN``): the rounding error of a
+        float32 product of two rows of norm <= 1 is below ``delta = (e + 3) u`` (``u = 2^-24``,
+        Higham 2002, sec. 3.1), so when the ``kk``-th candidate's score exceeds the ``k``-th one's by more than
         ``2 delta`` the exact top k are among the candidates; queries where it does not are
         scanned again in double precision. ``exclude`` (m,) names one reference index per query
         to leave out (leave-one-out), or ``None``. ``reference32`` is ``E_`` in float32 when the
-        caller has it (``predict`` converts it once per call), else each block is converted.
+        caller has it, else each block is converted (``predict`` does not keep a float32 copy of
+        the library: converting a cache-sized block costs little next to its product).
         Returns ``(indices, dissimilarities)``, both (m, k), each row in no particular order.
         """
         n, e = self.E_.shape
         m = len(Eq)
         k = min(int(k), n)
         skip = np.full(m, -1, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
-        # single precision pays where the references far outnumber the 2k candidates it rechecks
+        # single precision pays where the references far outnumber the candidates it rechecks (above 8 x 2k)
         single = self.diss_method == "cor" and SINGLE_MIN_RATIO * 2 * k < n
-        kk = 2 * k if single else k
+        kk = min(n, k + max(SINGLE_MARGIN_MIN, int(SINGLE_MARGIN * k))) if single else k
         best_s, best_i = self._scan(Eq, skip, kk, single, reference32)
         if single:
             best_s = best_s.astype(float)  # the float32 scores; their differences exact in double
@@ -495,27 +521,27 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         library that fits in one block is instead partially sorted (``np.argpartition``), which
         is faster than the running top-k when most references would enter it."""
         n, m = len(self.E_), len(Eq)
-        step = max(kk, int(BLOCK_BYTES // (8 * max(m, 1))))
-        if n <= step:
+        if n <= max(kk, int(BLOCK_BYTES // (8 * max(m, 1)))):
             return self._select(Eq, skip, kk, single, reference32)
-        best_s = np.full((m, kk), np.inf)
-        best_i = np.full((m, kk), -1, dtype=np.int64)
-        Aq = Eq.astype(np.float32) if single else Eq
+        # each block's scores stay in the core's cache between the product and the top-k merge
+        dtype = np.float32 if single else np.float64
+        step = max(kk, int(min(SCAN_BYTES, BLOCK_BYTES) // (np.dtype(dtype).itemsize * max(m, 1))))
+        buf_s = np.empty((m, SCAN_BUFFER * kk), dtype=dtype)
+        buf_i = np.empty((m, SCAN_BUFFER * kk), dtype=np.int64)
+        count = np.zeros(m, dtype=np.int64)
+        limit = np.full(m, np.inf, dtype=dtype)
+        # the queries' factor of the score, scaled once (by -1 or -2: exact) instead of each block's product
+        Aq = -Eq.astype(np.float32) if single else (-Eq if self.diss_method == "cor" else -2.0 * Eq)
         for r0 in range(0, n, step):
             Eb = self.E_[r0 : r0 + step]
             if single:
-                Eb32 = Eb.astype(np.float32) if reference32 is None else reference32[r0 : r0 + step]
-                S = Aq @ Eb32.T
-                np.negative(S, out=S)
-            elif self.diss_method == "cor":
-                S = Eq @ Eb.T
-                np.negative(S, out=S)
+                S = Aq @ (Eb.astype(np.float32) if reference32 is None else reference32[r0 : r0 + step]).T
             else:
-                S = Eq @ Eb.T
-                S *= -2.0
-                S += (Eb * Eb).sum(1)[None, :]
-            nearest_update(S, r0, skip, best_s, best_i)
-        return best_s, best_i
+                S = Aq @ Eb.T
+                if self.diss_method != "cor":
+                    S += (Eb * Eb).sum(1)[None, :]
+            nearest_update(S, r0, skip, buf_s, buf_i, count, limit, kk)
+        return nearest_finish(buf_s, buf_i, count, kk)
 
     def _select(self, Eq, skip, kk, single, reference32=None):
         """``_scan`` for a library held in one block: the ``kk`` smallest scores of each row by a
@@ -593,7 +619,6 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         dissimilarities to it (so that one Gram matrix of the neighbours serves more queries)."""
         kmax = max(ks)
         size = max(QUERY_BLOCK, int(BLOCK_BYTES // (8 * max(len(self.E_), 2 * kmax))))
-        reference32 = self.E_.astype(np.float32) if self.diss_method == "cor" and len(X) > size else None
         n = len(self.X_)
         whole = not self.scale and n * n * 8 <= GRAM_BYTES and library_gram(n, len(X), max(ks))
         gram = self._library_gram() if whole else None  # formed once per call, for every block
@@ -602,7 +627,7 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             Xq = X[rows]
             Eq = self.E_[rows] if leave_one_out else self._embed(Xq)
             exclude = np.arange(rows.start, rows.stop) if leave_one_out else None
-            nb, dnb = self.kneighbors(Eq, kmax, exclude, reference32)
+            nb, dnb = self.kneighbors(Eq, kmax, exclude)
             if len(ks) > 1:  # nearest first, so that the first k columns are the k nearest
                 order = np.argsort(dnb, axis=1, kind="stable")
                 nb, dnb = np.take_along_axis(nb, order, 1), np.take_along_axis(dnb, order, 1)
@@ -625,9 +650,10 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
             self.k_ = ks[0]
             return self
         pred = {k: np.empty(len(y)) for k in ks}
-        for rows, results in self._query_blocks(X, ks, leave_one_out=True):
-            for k, out in results.items():
-                pred[k][rows] = out[:, 0]
+        with one_blas_thread():
+            for rows, results in self._query_blocks(X, ks, leave_one_out=True):
+                for k, out in results.items():
+                    pred[k][rows] = out[:, 0]
         rmse = {k: float(np.sqrt(np.mean((pred[k] - y) ** 2))) for k in ks}
         self.k_validation_rmse_ = rmse
         self.k_ = min(rmse, key=rmse.get)
@@ -645,8 +671,9 @@ class MemoryBasedLearner(RegressorMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         k = min(self.k_, len(self.y_))
         out = np.empty((len(X), 5))
-        for rows, results in self._query_blocks(X, [k]):
-            out[rows] = results[k]
+        with one_blas_thread():
+            for rows, results in self._query_blocks(X, [k]):
+                out[rows] = results[k]
         return pd.DataFrame(
             out,
             columns=["prediction", "mean_dissimilarity", "nearest_dissimilarity", "local_spread", "neighbour_y_sd"],
