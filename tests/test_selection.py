@@ -48,21 +48,29 @@ def test_equal_average_of_every_family_best_wins_only_when_it_beats_single_and_s
     scores = [_score(f"f{i}", oof, y) for i, oof in enumerate(families)]
     # a worse candidate of a family is not a member: only each family's best is averaged
     scores.append(_score("f0", families[0] + 1.0, y))
-    averaged = select(scores, y, labels, parse_config({"ensemble": {"average": True}}))
+    every = {"ensemble": {"average": True, "average_within": None}}
+    averaged = select(scores, y, labels, parse_config(every))
     assert sorted(m.label for m in averaged.members) == [f"f{i}" for i in range(5)]
     np.testing.assert_allclose(averaged.weights, 0.2)
     np.testing.assert_allclose(averaged.oof, np.mean(families, axis=0))
-    assert averaged.rmse < select(scores, y, labels, parse_config({})).rmse
+    assert averaged.rmse < select(scores, y, labels, parse_config({"ensemble": {"average": False}})).rmse
     # when one family is far better than the rest, the average loses and is not chosen
     good = y + rng.normal(0, 0.05, 60)
-    chosen = select([_score("good", good, y)] + scores, y, labels, parse_config({"ensemble": {"average": True}}))
+    chosen = select([_score("good", good, y)] + scores, y, labels, parse_config(every))
     assert "good" in [m.label for m in chosen.members] and len(chosen.members) < 6
+    # average_within: only the families within that fraction of the best RMSE are averaged
+    rmse = {s.spec.label: s.rmse for s in scores[:5]}
+    cut = sorted(rmse.values())[2] / min(rmse.values()) - 1 + 1e-9  # the three best families
+    close = select(scores, y, labels, parse_config({"ensemble": {"average": True, "average_within": cut}}))
+    assert sorted(m.label for m in close.members) == sorted(sorted(rmse, key=rmse.get)[:3])
+    np.testing.assert_allclose(close.weights, 1 / 3)
 
 
 @pytest.mark.parametrize("ensemble, message", [
     ({"average": "yes"}, "ensemble.average must be true or false"),
     ({"max_members": 1}, "ensemble.max_members must be an integer >= 2"),
     ({"members": 3}, "unknown ensemble key(s) ['members']"),
+    ({"average_within": -1}, "ensemble.average_within must be null or a number >= 0"),
 ])
 def test_bad_ensemble_settings_are_refused(ensemble, message):
     with pytest.raises(SoilCarbonError, match=re.escape(message)):

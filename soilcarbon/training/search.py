@@ -192,9 +192,11 @@ def select(scores: list, y: np.ndarray, labels: np.ndarray, config: TrainConfig)
     """The lowest inner-CV RMSE of: the best candidate; a stacked ensemble of the best of the
     ``max_members`` best families, its non-negative weights cross-fitted on the inner folds
     (Breiman 1996; Wolpert 1992); and, with ``ensemble.average``, the equal-weight average of
-    the best of every family. An equal average fits no weights, so its out-of-fold RMSE is as
+    the best of each family whose RMSE is within ``average_within`` (a fraction; null: every
+    family) of the best's. An equal average fits no weights, so its out-of-fold RMSE is as
     honest as a single candidate's; on small data it beats fitted weights, which chase noise
-    (the "forecast combination puzzle", Smith & Wallis 2009; Claeskens et al. 2016)."""
+    (the "forecast combination puzzle", Smith & Wallis 2009; Claeskens et al. 2016); leaving
+    out the families far behind keeps it from diluting a clearly better model."""
     ranked = sorted(scores, key=lambda s: s.rmse)
     best = ranked[0]
     chosen = Selection([best.spec], np.array([1.0]), best.oof, best.rmse, scores)
@@ -208,11 +210,13 @@ def select(scores: list, y: np.ndarray, labels: np.ndarray, config: TrainConfig)
             families.add(family(score.spec))
     if len(bests) < 2:
         return chosen
-    if ensemble.get("average", False):
-        average = np.mean([m.oof for m in bests], axis=0)
+    within = ensemble.get("average_within")
+    close = [m for m in bests if within is None or m.rmse <= (1 + within) * best.rmse]
+    if ensemble.get("average", False) and len(close) >= 2:
+        average = np.mean([m.oof for m in close], axis=0)
         rmse = float(np.sqrt(np.mean((average - y) ** 2)))
         if rmse < chosen.rmse:
-            chosen = Selection([m.spec for m in bests], np.full(len(bests), 1.0 / len(bests)), average, rmse, scores)
+            chosen = Selection([m.spec for m in close], np.full(len(close), 1.0 / len(close)), average, rmse, scores)
     members = bests[: int(ensemble.get("max_members", 3))]
     P = np.column_stack([m.oof for m in members])
     stacked = np.zeros(len(y))
