@@ -1,0 +1,169 @@
+"""Which model families and which ensemble rule should the default use? One set of fits, many rules.
+
+Nested CV exactly as ``train`` runs it (each LimeSoDa pair with its own outer folds, inner folds
+from ``cv.inner_folds``), but every candidate of a broad configuration is fitted once per outer
+fold: its inner out-of-fold predictions and its prediction of the outer test part are saved
+(``fit``, one ``.npz`` per pair). A rule (a pool of families and an ensemble setting) then
+selects on the inner predictions with :func:`soilcarbon.training.search.select`, and its outer
+prediction is the weighted sum of its members' outer predictions: what the refitted
+``VotingRegressor`` predicts. So ``table`` prints the pooled out-of-fold R² of each rule on the
+same fits in seconds (checked: the previous default's R² equals ``generalization.py``'s on the
+same pair), against two named baselines: the published best of four learners and the rule of
+the previous default (``previous``: its five families, stack only). Intervals are not computed
+here; ``generalization.py`` measures them for the shipped default.
+
+Run:
+  PYTHONPATH=$PWD .venv/bin/python benchmarks/selection_rules.py fit --dumps /tmp/rules --jobs 2
+  PYTHONPATH=$PWD .venv/bin/python benchmarks/selection_rules.py table --dumps /tmp/rules
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from generalization import load_pair, pairs  # noqa: E402
+
+BROAD = ROOT / "configs" / "broad.yaml"
+PREVIOUS = {"mbl", "pls-snv", "lightgbm", "cov-forest", "cov-lightgbm", "cov-linear", "cov-svr"}
+DEFAULT = PREVIOUS | {"scores-cubist"}
+STACK = {"enabled": True, "max_members": 3, "average": False}
+
+
+def fit_pair(pair: dict, config_path: str, dumps: str) -> dict:
+    """Inner out-of-fold and outer predictions of every candidate on one pair, saved to ``dumps``."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from threadpoolctl import threadpool_limits
+
+    from soilcarbon.training import cv
+    from soilcarbon.training.candidates import build_candidate, transform_allowed
+    from soilcarbon.training.commands import known_harmless_warnings_ignored
+    from soilcarbon.training.config import load_config
+    from soilcarbon.training.data import assemble
+    from soilcarbon.training.search import evaluate, family
+    from soilcarbon.training.train import outer_labels
+
+    started = time.perf_counter()
+    config = load_config(config_path)
+    spectra, covariates, folds = load_pair(pair["dataset"], pair["target"])
+    data = assemble(spectra, pair["target"], covariates, "sample_id", (folds,) if folds else ())
+    labels, _, groups = outer_labels(data, config, folds, None, None)
+    specs = [s for s in config.expand(data.layout.n_spectral > 0, bool(data.layout.covariates))
+             if transform_allowed(s.transform, data.y)]
+    saved = {"y": data.y, "labels": labels, "families": [family(s) for s in specs],
+             "specs": [repr((s.model, s.label, sorted(s.params.items()), s.transform)) for s in specs]}
+    outer = np.full((len(specs), len(data.y)), np.nan)
+    with threadpool_limits(1), known_harmless_warnings_ignored(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        for fold in np.unique(labels):
+            train, test = labels != fold, labels == fold
+            inner = cv.inner_labels(int(train.sum()), int(config.cv["inner_folds"]), 0,
+                                    None if groups is None else np.asarray(groups)[train])
+            scores = evaluate(specs, data.X[train], data.y[train], inner, data.layout, config.preprocessing, 0, 1,
+                              share_preprocessing=True)
+            saved[f"inner_labels_{fold}"] = inner
+            saved[f"inner_oof_{fold}"] = np.array([s.oof for s in scores])
+            for i, spec in enumerate(specs):
+                model = build_candidate(spec, data.layout, config.preprocessing, 0).fit(data.X[train], data.y[train])
+                outer[i, test] = np.ravel(model.predict(data.X[test]))
+    saved["outer"] = outer
+    np.savez_compressed(Path(dumps) / f"{pair['dataset']}__{pair['target']}.npz", **saved)
+    return {"n": len(data.y), "seconds": time.perf_counter() - started}
+
+
+def rules() -> dict:
+    """name -> (families, ensemble settings); families None: every family of the broad config."""
+    average = {"enabled": True, "max_members": 3, "average": True}
+    table = {"previous": (PREVIOUS, STACK), "previous + average of all": (PREVIOUS, {**average, "average_within": None})}
+    for within in (None, 0.1, 0.15, 0.3):
+        name = "all" if within is None else f"{within:.0%}"
+        table[f"default pool, average within {name}"] = (DEFAULT, {**average, "average_within": within})
+        table[f"broad pool, average within {name}"] = (None, {**average, "average_within": within})
+    table["default pool, stack only"] = (DEFAULT, STACK)
+    table["broad pool, single best"] = (None, {**STACK, "enabled": False})
+    return table
+
+
+def rule_r2(saved, specs, pool, ensemble) -> float:
+    """Pooled outer R² of one rule on one pair's saved fits."""
+    from soilcarbon.training.config import parse_config
+    from soilcarbon.training.search import CandidateScore, family, select
+
+    y, labels, outer = saved["y"], saved["labels"], saved["outer"]
+    keep = [i for i, s in enumerate(specs) if pool is None or family(s) in pool]
+    prediction = np.full(len(y), np.nan)
+    config = parse_config({"ensemble": ensemble})
+    for fold in np.unique(labels):
+        train, test = labels != fold, labels == fold
+        oof = saved[f"inner_oof_{fold}"]
+        scores = [CandidateScore(specs[i], oof[i], float(np.sqrt(np.mean((oof[i] - y[train]) ** 2))), 0.0)
+                  for i in keep]
+        chosen = select(scores, y[train], saved[f"inner_labels_{fold}"], config)
+        index = {id(specs[i]): i for i in keep}
+        prediction[test] = sum(w * outer[index[id(m)], test] for m, w in zip(chosen.members, chosen.weights))
+    return float(1 - np.sum((prediction - y) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def table(dumps: str) -> pd.DataFrame:
+    from soilcarbon.training.config import CandidateSpec
+
+    published = {(p["dataset"], p["target"]): p for p in pairs()}
+    rows = []
+    for path in sorted(Path(dumps).glob("*.npz")):
+        dataset, target = path.stem.split("__")
+        saved = np.load(path)
+        specs = []
+        for text in saved["specs"]:
+            model, label, params, transform = ast.literal_eval(str(text))
+            specs.append(CandidateSpec(model, dict(params), transform, None, label))
+        pair = published[(dataset, target)]
+        row = {"dataset": dataset, "target": target, "group": pair["group"], "n": len(saved["y"]),
+               "best_of_4": pair.get("best_of_4")}
+        for name, (pool, ensemble) in rules().items():
+            row[name] = rule_r2(saved, specs, pool, ensemble)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=["fit", "table"])
+    parser.add_argument("--dumps", required=True, help="folder of the saved fits (one .npz per pair)")
+    parser.add_argument("--config", default=str(BROAD), help="the broad candidate configuration to fit")
+    parser.add_argument("--subset", default="", help="regex on 'dataset/target/group'")
+    parser.add_argument("--jobs", type=int, default=1, help="pairs fitted in parallel")
+    parser.add_argument("--per-pair", action="store_true", help="print every pair, not only the group means")
+    args = parser.parse_args()
+    if args.step == "fit":
+        Path(args.dumps).mkdir(parents=True, exist_ok=True)
+        chosen = [p for p in pairs() if p["dataset"] not in ("nirsoil", "opus-sample")
+                  and re.search(args.subset, f"{p['dataset']}/{p['target']}/{p['group']}")]
+        with ProcessPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(fit_pair, p, args.config, args.dumps) for p in chosen]
+            for pair, future in zip(chosen, futures):
+                print(f"{pair['dataset']} {pair['target']}: {future.result()}", flush=True)
+        return
+    result = table(args.dumps)
+    pd.set_option("display.width", 250)
+    if args.per_pair:
+        print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    columns = [c for c in result.columns if c not in ("dataset", "target", "group", "n")]
+    means = result.groupby("group")[columns].mean().T
+    means.loc["pairs"] = result.groupby("group").size()
+    print(means.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
