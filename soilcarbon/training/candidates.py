@@ -226,47 +226,20 @@ def covariate_learner(learner: str, params: dict, seed: int = 0):
 
 
 def with_target_transform(model, transform: str):
-    """Wrap a regressor so it learns ``transform(y)`` and predicts on the original scale, the
-    inverse clipped to a safe range (:class:`BoundedTargetTransform`)."""
+    """Wrap a regressor so it learns ``transform(y)`` and predicts on the original scale. The
+    inverse is not clipped: a far extrapolation of a log model overflows to inf, which
+    prediction reports as a failed sample instead of returning a capped, plausible-looking value."""
     if transform == "none":
         return model
-    if transform in ("log", "sqrt"):
-        return TransformedTargetRegressor(model, transformer=BoundedTargetTransform(transform), check_inverse=False)
+    if transform == "log":
+        return TransformedTargetRegressor(model, func=np.log, inverse_func=np.exp, check_inverse=False)
+    if transform == "sqrt":
+        return TransformedTargetRegressor(model, func=np.sqrt, inverse_func=_square_nonnegative,
+                                          check_inverse=False)
     raise SoilCarbonError(f"unknown target transform {transform!r}")
 
 
-class BoundedTargetTransform(TransformerMixin, BaseEstimator):
-    """``log`` or ``sqrt`` of the target; the inverse clips the transformed prediction to the
-    training range widened by ``margin`` times its width on each side (and sqrt at 0). Without
-    the bound a model that extrapolates in log space returns ``exp`` of it: one odd spectrum can
-    give a plausible-looking but enormous carbon value. Written here because scikit-learn's
-    ``TransformedTargetRegressor`` takes only stateless functions."""
-
-    def __init__(self, kind: str = "log", margin: float = 0.5):
-        self.kind = kind
-        self.margin = margin
-
-    def fit(self, y, _=None):
-        z = self.transform(y)
-        width = float(np.nanmax(z) - np.nanmin(z))
-        self.low_ = float(np.nanmin(z)) - self.margin * width
-        self.high_ = float(np.nanmax(z)) + self.margin * width
-        if self.kind == "sqrt":
-            self.low_ = max(self.low_, 0.0)
-        return self
-
-    def transform(self, y):
-        return np.log(y) if self.kind == "log" else np.sqrt(y)
-
-    def inverse_transform(self, z):
-        check_is_fitted(self)
-        z = np.clip(z, self.low_, self.high_)
-        return np.exp(z) if self.kind == "log" else np.square(z)
-
-
 def _square_nonnegative(z):
-    """The sqrt transform's inverse in models trained before :class:`BoundedTargetTransform`
-    (their pickles refer to it)."""
     return np.square(np.clip(z, 0, None))
 
 
