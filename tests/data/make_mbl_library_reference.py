@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from scipy.signal import savgol_filter
 
-NIRSOIL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nirsoil" / "nirsoil_train.csv"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_mbl_reference import derivative_spectra, write_reference  # noqa: E402
+
 CONFIGS = {
     "default": {},
     "pca_predictors": dict(k=60, diss_method="pca", diss_components=10, diss_usage="predictors", max_components=10),
@@ -26,11 +26,7 @@ def library_problem(n=6000, n_queries=150):
     """First-derivative NIRsoil spectra in 10 nm bins, resampled with replacement plus noise (2 % of
     the spectral sd; y plus noise of sd 0.05): ``n`` references and ``n_queries`` queries drawn
     the same way with another seed."""
-    df = pd.read_csv(NIRSOIL).dropna(subset=["Ciso"])
-    X = df.iloc[:, 4:].to_numpy(float)
-    D = savgol_filter(X, 11, 2, deriv=1, axis=1)[:, 5:-5]
-    D = D[:, : (D.shape[1] // 5) * 5].reshape(len(D), -1, 5).mean(axis=2)
-    y = df["Ciso"].to_numpy(float)
+    D, y = derivative_spectra()
 
     def draw(size, seed):
         rng = np.random.default_rng(seed)
@@ -43,15 +39,7 @@ def library_problem(n=6000, n_queries=150):
 
 
 def main(path):
-    from soilcarbon.models.mbl import MemoryBasedLearner
-
-    X, y, Q = library_problem()
-    out = {}
-    for name, params in CONFIGS.items():
-        m = MemoryBasedLearner(**params).fit(X, y)
-        out[name + "/info"] = m.predict_with_info(Q).to_numpy()
-        out[name + "/k"] = np.array([m.k_, m.diss_components_])
-    np.savez_compressed(path, **out)
+    write_reference(path, CONFIGS, *library_problem())
 
 
 if __name__ == "__main__":

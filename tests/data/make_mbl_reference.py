@@ -22,31 +22,40 @@ CONFIGS = {
 }
 
 
-def reference_problem():
-    """First-derivative NIRsoil spectra in 10 nm bins: 400 references, 60 queries (40 held-out
-    rows and 20 noisy copies of references)."""
+def derivative_spectra():
+    """First-derivative NIRsoil spectra in 10 nm bins and their ``Ciso`` (rows with a value)."""
     df = pd.read_csv(NIRSOIL).dropna(subset=["Ciso"])
     X = df.iloc[:, 4:].to_numpy(float)
     D = savgol_filter(X, 11, 2, deriv=1, axis=1)[:, 5:-5]
     D = D[:, : (D.shape[1] // 5) * 5].reshape(len(D), -1, 5).mean(axis=2)
-    y = df["Ciso"].to_numpy(float)
+    return D, df["Ciso"].to_numpy(float)
+
+
+def reference_problem():
+    """First-derivative NIRsoil spectra in 10 nm bins: 400 references, 60 queries (40 held-out
+    rows and 20 noisy copies of references)."""
+    D, y = derivative_spectra()
     rng = np.random.default_rng(12)
     Q = np.vstack([D[400:440], D[rng.integers(0, 400, 20)] + rng.normal(0, 0.02 * D.std(), size=(20, D.shape[1]))])
     return D[:400], y[:400], Q
 
 
-def main(path):
+def write_reference(path, configs, X, y, Q):
+    """Fit each configuration on ``(X, y)`` and store its predictions with info on ``Q``."""
     from soilcarbon.models.mbl import MemoryBasedLearner
 
-    X, y, Q = reference_problem()
     out = {}
-    for name, params in CONFIGS.items():
+    for name, params in configs.items():
         m = MemoryBasedLearner(**params).fit(X, y)
         out[name + "/info"] = m.predict_with_info(Q).to_numpy()
         out[name + "/k"] = np.array([m.k_, m.diss_components_])
         if m.k_validation_rmse_:
             out[name + "/k_rmse"] = np.array(sorted(m.k_validation_rmse_.items()), float)
     np.savez_compressed(path, **out)
+
+
+def main(path):
+    write_reference(path, CONFIGS, *reference_problem())
 
 
 if __name__ == "__main__":
