@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 from generalization import load_pair, pairs  # noqa: E402
 
 BROAD = ROOT / "configs" / "broad.yaml"
+#: The families of the default before issue 11's changes (the named baseline).
 PREVIOUS = {"mbl", "pls-snv", "lightgbm", "cov-forest", "cov-lightgbm", "cov-linear", "cov-svr"}
-DEFAULT = PREVIOUS | {"scores-cubist"}
 STACK = {"enabled": True, "max_members": 3, "average": False}
 
 
@@ -47,6 +47,7 @@ def fit_pair(pair: dict, config_path: str, dumps: str) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from threadpoolctl import threadpool_limits
 
+    from soilcarbon.atomic import atomic_path
     from soilcarbon.training import cv
     from soilcarbon.training.candidates import build_candidate, transform_allowed
     from soilcarbon.training.commands import known_harmless_warnings_ignored
@@ -79,12 +80,23 @@ def fit_pair(pair: dict, config_path: str, dumps: str) -> dict:
                 model = build_candidate(spec, data.layout, config.preprocessing, 0).fit(data.X[train], data.y[train])
                 outer[i, test] = np.ravel(model.predict(data.X[test]))
     saved["outer"] = outer
-    np.savez_compressed(Path(dumps) / f"{pair['dataset']}__{pair['target']}.npz", **saved)
+    with atomic_path(Path(dumps) / f"{pair['dataset']}__{pair['target']}.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **saved)  # a killed run leaves no truncated file for ``table``
     return {"n": len(data.y), "seconds": time.perf_counter() - started}
+
+
+def default_families() -> set:
+    """The families of the shipped default configuration (read from it, so this stays current)."""
+    from soilcarbon.training.config import load_config
+    from soilcarbon.training.search import family
+
+    config = load_config()
+    return {family(s) for s in config.expand(True, False) + config.expand(False, True)}
 
 
 def rules() -> dict:
     """name -> (families, ensemble settings); families None: every family of the broad config."""
+    DEFAULT = default_families()
     average = {"enabled": True, "max_members": 3, "average": True}
     table = {"previous": (PREVIOUS, STACK), "previous + average of all": (PREVIOUS, {**average, "average_within": None})}
     for within in (None, 0.1, 0.15, 0.3):
@@ -137,6 +149,11 @@ def table(dumps: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["fit", "table"])
@@ -147,15 +164,19 @@ def main() -> None:
     parser.add_argument("--per-pair", action="store_true", help="print every pair, not only the group means")
     args = parser.parse_args()
     if args.step == "fit":
-        Path(args.dumps).mkdir(parents=True, exist_ok=True)
         chosen = [p for p in pairs() if p["dataset"] not in ("nirsoil", "opus-sample")
                   and re.search(args.subset, f"{p['dataset']}/{p['target']}/{p['group']}")]
+        if not chosen:
+            _fail(f"no LimeSoDa pair matches --subset {args.subset!r}")
+        Path(args.dumps).mkdir(parents=True, exist_ok=True)
         with ProcessPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(fit_pair, p, args.config, args.dumps) for p in chosen]
             for pair, future in zip(chosen, futures):
                 print(f"{pair['dataset']} {pair['target']}: {future.result()}", flush=True)
         return
     result = table(args.dumps)
+    if result.empty:
+        _fail(f"{args.dumps}: no saved fits (*.npz); run the fit step first")
     pd.set_option("display.width", 250)
     if args.per_pair:
         print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

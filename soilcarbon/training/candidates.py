@@ -103,7 +103,15 @@ class PLSScores(TransformerMixin, BaseEstimator):
 
 
 def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: list, seed: int = 0):
-    """A fresh, unfitted estimator for one candidate (its own preprocessing, if it has one)."""
+    """A fresh, unfitted estimator for one candidate (its own preprocessing, if it has one); a
+    parameter the estimator does not take is an error naming the candidate."""
+    try:
+        return _build(spec, layout, preprocessing, seed)
+    except (TypeError, ValueError) as exc:
+        raise SoilCarbonError(f"candidate {spec.name}: {exc}") from None
+
+
+def _build(spec: CandidateSpec, layout: FeatureLayout, preprocessing: list, seed: int):
     params = dict(spec.params)
     if spec.preprocessing is not None:
         preprocessing = spec.preprocessing
@@ -131,6 +139,9 @@ def build_candidate(spec: CandidateSpec, layout: FeatureLayout, preprocessing: l
         if layout.covariates:
             blocks.append(("covariates", "passthrough", layout.covariate_index))
         max_samples = params.pop("max_samples", None)
+        if max_samples is not None and not (isinstance(max_samples, int) and not isinstance(max_samples, bool)
+                                            and max_samples >= 1):
+            raise ValueError(f"max_samples must be an integer >= 1, got {max_samples!r}")
         regressor = covariate_learner(learner, params, seed)
         if max_samples is not None:
             regressor = Subsampled(regressor, int(max_samples), seed)
@@ -205,6 +216,9 @@ def covariate_learner(learner: str, params: dict, seed: int = 0):
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
+        unknown = set(params) - {"length_scale"}
+        if unknown:
+            raise ValueError(f"the gp learner takes only length_scale, got {sorted(unknown)}")
         kernel = ConstantKernel() * Matern(length_scale=float(params.get("length_scale", 3.0)), nu=2.5) + WhiteKernel()
         return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
                          ("gp", GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed))])
