@@ -12,7 +12,7 @@ from soilcarbon.models.domain import PCADomain
 from soilcarbon.models.ensemble import stacking_weights
 from soilcarbon.models.intervals import NormalizedConformal, conformal_quantile
 from soilcarbon.training import cv
-from soilcarbon.training.config import DEFAULT_CONFIG, load_config, parse_config
+from soilcarbon.training.config import DEFAULT_CONFIG, CandidateSpec, load_config, parse_config
 from soilcarbon.training.metrics import regression_metrics
 
 
@@ -254,3 +254,20 @@ def test_subsampled_learner_fits_on_at_most_max_samples_rows():
     np.testing.assert_array_equal(small.predict(X), again.predict(X))  # seeded
     full = Subsampled(LinearRegression(), max_samples=500).fit(X, y)  # n <= max_samples: all rows
     np.testing.assert_allclose(full.predict(X), LinearRegression().fit(X, y).predict(X))
+
+
+def test_max_samples_wraps_the_learner_of_scores_and_covariates_models():
+    from soilcarbon.models.layout import FeatureLayout
+    from soilcarbon.training.candidates import Subsampled, build_candidate
+
+    layout = FeatureLayout(np.arange(1100, 1200, 2.0), "nm", ["ndvi", "twi"])
+    for model, params in (("covariates", {"learner": "svr", "max_samples": 50}),
+                          ("scores", {"learner": "svr", "n_pca": 3, "max_samples": 50})):
+        built = build_candidate(CandidateSpec(model, params, "none"), layout, [])
+        assert isinstance(built.steps[-1][1], Subsampled) and built.steps[-1][1].max_samples == 50
+        plain = build_candidate(CandidateSpec(model, {k: v for k, v in params.items() if k != "max_samples"}, "none"),
+                                layout, [])
+        assert not isinstance(plain.steps[-1][1], Subsampled)
+    with pytest.raises(SoilCarbonError, match=r"candidate covariates\(learner=svr,max_samples=-1\)\|none: "
+                                              r"max_samples must be an integer >= 1, got -1"):
+        build_candidate(CandidateSpec("covariates", {"learner": "svr", "max_samples": -1}, "none"), layout, [])

@@ -9,7 +9,8 @@
   plus the covariates, fitted on at most ``max_samples`` rows if given (:class:`Subsampled`);
   Cubist on PCA scores of SNV spectra is the Open Soil Spectral Library's model (Safanelli et
   al. 2025).
-- ``covariates``: a learner on the covariates alone (``learner``, see :func:`covariate_learner`).
+- ``covariates``: a learner on the covariates alone (``learner``, see :func:`covariate_learner`),
+  with ``max_samples`` as for ``scores``.
 
 A target transform (log, sqrt) wraps any of them in a ``TransformedTargetRegressor``.
 """
@@ -138,23 +139,27 @@ def _build(spec: CandidateSpec, layout: FeatureLayout, preprocessing: list, seed
         ]), layout.spectral_index)]
         if layout.covariates:
             blocks.append(("covariates", "passthrough", layout.covariate_index))
-        max_samples = params.pop("max_samples", None)
-        if max_samples is not None and not (isinstance(max_samples, int) and not isinstance(max_samples, bool)
-                                            and max_samples >= 1):
-            raise ValueError(f"max_samples must be an integer >= 1, got {max_samples!r}")
-        regressor = covariate_learner(learner, params, seed)
-        if max_samples is not None:
-            regressor = Subsampled(regressor, int(max_samples), seed)
-        model = Pipeline([("features", ColumnTransformer(blocks, remainder="drop")), (learner, regressor)])
+        model = Pipeline([("features", ColumnTransformer(blocks, remainder="drop")),
+                          (learner, _subsampled_learner(learner, params, seed))])
     elif spec.model == "covariates":
         learner = params.pop("learner", "lightgbm")
         model = Pipeline([
             ("features", ColumnTransformer([("covariates", "passthrough", layout.covariate_index)])),
-            (learner, covariate_learner(learner, params, seed)),
+            (learner, _subsampled_learner(learner, params, seed)),
         ])
     else:  # parse_config guards this
         raise SoilCarbonError(f"unknown candidate model {spec.model!r}")
     return with_target_transform(model, spec.transform)
+
+
+def _subsampled_learner(learner: str, params: dict, seed: int):
+    """:func:`covariate_learner`, wrapped in :class:`Subsampled` when ``params`` has ``max_samples``."""
+    max_samples = params.pop("max_samples", None)
+    if max_samples is None:
+        return covariate_learner(learner, params, seed)
+    if not (isinstance(max_samples, int) and not isinstance(max_samples, bool) and max_samples >= 1):
+        raise ValueError(f"max_samples must be an integer >= 1, got {max_samples!r}")
+    return Subsampled(covariate_learner(learner, params, seed), max_samples, seed)
 
 
 class Subsampled(RegressorMixin, BaseEstimator):

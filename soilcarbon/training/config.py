@@ -36,7 +36,7 @@ target_transforms: [none, sqrt]
 #              or PLS (n_pls) scores of the spectra + covariates; max_samples: fit on at most
 #              that many samples (a seeded random subset) on large libraries
 #   covariates a learner on the covariates only (forest, extratrees, lightgbm, linear, svr, gp,
-#              cubist), used when covariates are given without spectra
+#              cubist; max_samples as for scores), used when covariates are given without spectra
 # A candidate may carry its own `preprocessing` list, its own `target_transforms` (instead of
 # the list above) and a `label` to tell it apart.
 candidates:
