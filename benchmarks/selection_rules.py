@@ -39,7 +39,10 @@ from generalization import load_pair, pairs  # noqa: E402
 BROAD = ROOT / "configs" / "broad.yaml"
 #: The families of the default before issue 11's changes (the named baseline).
 PREVIOUS = {"mbl", "pls-snv", "lightgbm", "cov-forest", "cov-lightgbm", "cov-linear", "cov-svr"}
-STACK = {"enabled": True, "max_members": 3, "average": False}
+#: Its rule: the single best or a cross-fitted stack, whichever has the lower inner RMSE.
+STACK = {"enabled": True, "method": "compete", "max_members": 3, "average_within": 0.0}
+#: The default of stop 21 (Cubist on scores added; average within 15 % competing with the rest).
+STOP21 = (PREVIOUS | {"scores-cubist"}, {**STACK, "average_within": 0.15})
 
 
 def fit_pair(pair: dict, config_path: str, dumps: str) -> dict:
@@ -97,13 +100,13 @@ def default_families() -> set:
 def rules() -> dict:
     """name -> (families, ensemble settings); families None: every family of the broad config."""
     DEFAULT = default_families()
-    average = {"enabled": True, "max_members": 3, "average": True}
-    table = {"previous": (PREVIOUS, STACK), "previous + average of all": (PREVIOUS, {**average, "average_within": None})}
-    for within in (None, 0.1, 0.15, 0.3):
+    average = {"enabled": True, "method": "average", "max_members": 3}
+    table = {"previous": (PREVIOUS, STACK), "stop 21 default": STOP21}
+    for within in (0.15, 0.3, 0.5, None):
         name = "all" if within is None else f"{within:.0%}"
         table[f"default pool, average within {name}"] = (DEFAULT, {**average, "average_within": within})
         table[f"broad pool, average within {name}"] = (None, {**average, "average_within": within})
-    table["default pool, stack only"] = (DEFAULT, STACK)
+    table["default pool, compete within 30%"] = (DEFAULT, {**STACK, "average_within": 0.3})
     table["broad pool, single best"] = (None, {**STACK, "enabled": False})
     return table
 

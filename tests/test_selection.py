@@ -20,56 +20,67 @@ def _score(label, oof, y):
     return CandidateScore(CandidateSpec("pls", {}, "none", None, label), oof, float(np.sqrt(np.mean((oof - y) ** 2))), 0.0)
 
 
-def test_stack_wins_only_when_it_beats_the_best_single_model():
+COMPETE = {"ensemble": {"method": "compete", "average_within": 0.0}}
+
+
+def test_compete_stacks_only_when_the_stack_beats_the_best_single_model():
     rng = np.random.default_rng(0)
     y = rng.normal(size=400)
     labels = np.arange(400) % 5
-    # two families with independent errors: their average is clearly better than either
+    # two families with independent errors: their stack is clearly better than either
     a, b = y + rng.normal(0, 0.5, 400), y + rng.normal(0, 0.5, 400)
-    config = parse_config({})
+    config = parse_config(COMPETE)
     chosen = select([_score("a", a, y), _score("b", b, y)], y, labels, config)
     assert sorted(m.label for m in chosen.members) == ["a", "b"]
     assert chosen.weights.sum() == pytest.approx(1.0) and (chosen.weights > 0.3).all()
+    assert not np.allclose(chosen.weights, 0.5)  # fitted weights, not the equal average
     assert chosen.rmse < min(np.sqrt(np.mean((a - y) ** 2)), np.sqrt(np.mean((b - y) ** 2)))
     # a useless second family: the best single model is kept
     useless = rng.normal(size=400)
     chosen = select([_score("a", a, y), _score("noise", useless, y)], y, labels, config)
     assert [m.label for m in chosen.members] == ["a"]
-    # stacking switched off
+    # ensembles switched off
     chosen = select([_score("a", a, y), _score("b", b, y)], y, labels, parse_config({"ensemble": {"enabled": False}}))
     assert len(chosen.members) == 1
 
 
-def test_equal_average_of_every_family_best_wins_only_when_it_beats_single_and_stack():
+def test_average_method_averages_each_family_best_within_the_cut_without_competing():
     rng = np.random.default_rng(1)
-    y = rng.normal(size=60)  # small data: fitted weights chase noise, an equal average does not
+    y = rng.normal(size=60)
     labels = np.arange(60) % 5
     families = [y + rng.normal(0, 0.6, 60) for _ in range(5)]
     scores = [_score(f"f{i}", oof, y) for i, oof in enumerate(families)]
     # a worse candidate of a family is not a member: only each family's best is averaged
     scores.append(_score("f0", families[0] + 1.0, y))
-    every = {"ensemble": {"average": True, "average_within": None}}
-    averaged = select(scores, y, labels, parse_config(every))
+    averaged = select(scores, y, labels, parse_config({"ensemble": {"method": "average", "average_within": None}}))
     assert sorted(m.label for m in averaged.members) == [f"f{i}" for i in range(5)]
     np.testing.assert_allclose(averaged.weights, 0.2)
     np.testing.assert_allclose(averaged.oof, np.mean(families, axis=0))
-    assert averaged.rmse < select(scores, y, labels, parse_config({"ensemble": {"average": False}})).rmse
-    # when one family is far better than the rest, the average loses and is not chosen
-    good = y + rng.normal(0, 0.05, 60)
-    chosen = select([_score("good", good, y)] + scores, y, labels, parse_config(every))
-    assert "good" in [m.label for m in chosen.members] and len(chosen.members) < 6
     # average_within: only the families within that fraction of the best RMSE are averaged
     rmse = {s.spec.label: s.rmse for s in scores[:5]}
     cut = sorted(rmse.values())[2] / min(rmse.values()) - 1 + 1e-9  # the three best families
-    close = select(scores, y, labels, parse_config({"ensemble": {"average": True, "average_within": cut}}))
+    close = select(scores, y, labels, parse_config({"ensemble": {"method": "average", "average_within": cut}}))
     assert sorted(m.label for m in close.members) == sorted(sorted(rmse, key=rmse.get)[:3])
     np.testing.assert_allclose(close.weights, 1 / 3)
+    # the average is kept even where its inner RMSE is worse than the best single model's,
+    # which compete would pick instead
+    good = y + rng.normal(0, 0.3, 60)
+    worse = good + rng.normal(0, 0.3, 60) + 0.1
+    pair = [_score("good", good, y), _score("worse", worse, y)]
+    loose = select(pair, y, labels, parse_config({"ensemble": {"method": "average", "average_within": 10.0}}))
+    assert sorted(m.label for m in loose.members) == ["good", "worse"] and loose.rmse > pair[0].rmse
+    competed = select(pair, y, labels, parse_config({"ensemble": {"method": "compete", "average_within": 10.0}}))
+    assert competed.rmse <= pair[0].rmse
+    # a family farther than the cut is left out: the single best stays alone
+    alone = select(pair, y, labels, parse_config({"ensemble": {"method": "average", "average_within": 0.01}}))
+    assert [m.label for m in alone.members] == ["good"]
 
 
 @pytest.mark.parametrize("ensemble, message", [
-    ({"average": "yes"}, "ensemble.average must be true or false"),
+    ({"method": "vote"}, "ensemble.method must be one of average, compete, got 'vote'"),
+    ({"enabled": "yes"}, "ensemble.enabled must be true or false"),
     ({"max_members": 1}, "ensemble.max_members must be an integer >= 2"),
-    ({"members": 3}, "unknown ensemble key(s) ['members']"),
+    ({"average": True}, "unknown ensemble key(s) ['average']"),
     ({"average_within": -1}, "ensemble.average_within must be null or a number >= 0"),
 ])
 def test_bad_ensemble_settings_are_refused(ensemble, message):

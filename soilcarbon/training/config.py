@@ -60,7 +60,7 @@ candidates:
     label: scores-cubist
     preprocessing: [{name: resample, step: 10}, {name: snv}]
     grid: {learner: [cubist], n_pca: [20], max_samples: [5000]}
-  # covariates-only learners (random forest, boosting, ridge MLR, SVR), stacked when better
+  # covariates-only learners (random forest, boosting, ridge MLR, SVR)
   - model: covariates
     label: cov-forest
     grid: {learner: [forest], min_samples_leaf: [1, 5]}
@@ -74,12 +74,12 @@ candidates:
     label: cov-svr
     grid: {learner: [svr], C: [1, 10]}
 
-# Ensembles of the best candidate of each model family, kept only when they beat the best
-# single model in inner cross-validation: a stack of the max_members best families
-# (non-negative weights cross-fitted on out-of-fold predictions) and, with average: true,
-# the equal-weight average (no fitted weights) of the best of each family whose CV RMSE is
-# within average_within (0.15: 15 %; null: every family) of the best's.
-ensemble: {enabled: true, max_members: 3, average: true, average_within: 0.15}
+# Ensembles of the best candidate of each model family (soilcarbon/training/search.py, select):
+#   method: average   the equal-weight average of the best of each family whose inner-CV RMSE
+#                     is within average_within (0.15: 15 %; null: every family) of the best's
+#   method: compete   the lowest inner-CV RMSE of the single best, that average and a stack of
+#                     the max_members best families (weights cross-fitted on the inner folds)
+ensemble: {enabled: true, method: compete, max_members: 3, average_within: 0.15}
 
 # Cross-validation: the outer scheme reports honest accuracy (model selection is nested
 # inside every outer fold); the inner scheme selects the model.
@@ -127,6 +127,7 @@ compute:
 """
 
 ENGINES = ("local", "spark")
+ENSEMBLE_METHODS = ("average", "compete")
 
 MODELS = ("pls", "mbl", "lightgbm", "scores", "covariates")
 SPECTRAL_MODELS = ("pls", "mbl", "lightgbm", "scores")
@@ -157,7 +158,7 @@ class TrainConfig:
     preprocessing: list = field(default_factory=list)
     target_transforms: list = field(default_factory=lambda: ["none"])
     candidates: list = field(default_factory=list)
-    ensemble: dict = field(default_factory=lambda: {"enabled": True, "max_members": 3, "average": True,
+    ensemble: dict = field(default_factory=lambda: {"enabled": True, "method": "compete", "max_members": 3,
                                                    "average_within": 0.15})
     cv: dict = field(default_factory=dict)
     interval: dict = field(default_factory=dict)
@@ -220,16 +221,18 @@ def _check(condition: bool, source: str, message: str) -> None:
 
 
 def _check_ensemble(ensemble: dict, source: str) -> None:
-    """``ensemble.enabled`` and ``ensemble.average``: true or false; ``ensemble.max_members``: an
-    integer >= 2; ``ensemble.average_within``: null or a number >= 0."""
-    known = {"enabled", "max_members", "average", "average_within"}
+    """``ensemble.enabled``: true or false; ``ensemble.method``: average or compete;
+    ``ensemble.max_members``: an integer >= 2; ``ensemble.average_within``: null or a number >= 0."""
+    known = {"enabled", "method", "max_members", "average_within"}
     unknown = set(ensemble) - known
     _check(not unknown, source, f"unknown ensemble key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
     within = ensemble.get("average_within")
     _check(within is None or (isinstance(within, (int, float)) and not isinstance(within, bool) and within >= 0),
            source, f"ensemble.average_within must be null or a number >= 0, got {within!r}")
-    for key in ("enabled", "average"):
-        _check(isinstance(ensemble.get(key), bool), source, f"ensemble.{key} must be true or false, got {ensemble.get(key)!r}")
+    _check(isinstance(ensemble.get("enabled"), bool), source,
+           f"ensemble.enabled must be true or false, got {ensemble.get('enabled')!r}")
+    _check(ensemble.get("method") in ENSEMBLE_METHODS, source,
+           f"ensemble.method must be one of {', '.join(ENSEMBLE_METHODS)}, got {ensemble.get('method')!r}")
     value = ensemble.get("max_members")
     _check(isinstance(value, int) and not isinstance(value, bool) and value >= 2, source,
            f"ensemble.max_members must be an integer >= 2, got {value!r}")

@@ -37,8 +37,8 @@ MLflow as ``compute.*`` params (see :class:`ComputePlan`).
     :data:`MIN_RUNG_SAMPLES`; subsamples are nested, the inner fold labels are those of the full
     data restricted to the subsample) and keeps the best third (rounded up). The survivor of
     each family then gets the full inner CV on all samples: its out-of-fold predictions feed the
-    stacked ensemble (``search.select`` stacks the best of each family, so halving inside each
-    family keeps every family available to the stack) and the conformal calibration. The 16
+    ensemble (``search.select`` averages or stacks the best of each family, so halving inside
+    each family keeps every family available to it) and the conformal calibration. The 16
     default candidates on spectra (12 PLS, 2 MBL, 2 LightGBM) thus cost about 6 full inner CVs
     instead of 16 for learners whose cost is linear in n (12/27 + 4/9 + 2/3 + 1 for PLS, 2/3 + 1
     for MBL and for LightGBM), fewer for memory-based learning, whose neighbour search is
