@@ -1,16 +1,18 @@
 """Which model families and which ensemble rule should the default use? One set of fits, many rules.
 
-Nested CV exactly as ``train`` runs it (each LimeSoDa pair with its own outer folds, inner folds
-from ``cv.inner_folds``), but every candidate of a broad configuration is fitted once per outer
-fold: its inner out-of-fold predictions and its prediction of the outer test part are saved
-(``fit``, one ``.npz`` per pair). A rule (a pool of families and an ensemble setting) then
-selects on the inner predictions with :func:`soilcarbon.training.search.select`, and its outer
-prediction is the weighted sum of its members' outer predictions: what the refitted
-``VotingRegressor`` predicts. So ``table`` prints the pooled out-of-fold R² of each rule on the
-same fits in seconds (checked: the previous default's R² equals ``generalization.py``'s on the
-same pair), against two named baselines: the published best of four learners and the rule of
-the previous default (``previous``: its five families, stack only). Intervals are not computed
-here; ``generalization.py`` measures them for the shipped default.
+Nested CV exactly as ``train`` runs it (each LimeSoDa pair with its own outer folds, the NIR data
+and the OPUS sample 10-fold, inner folds from ``cv.inner_folds``), but every candidate of a broad
+configuration is fitted once per outer fold: its inner out-of-fold predictions and its prediction
+of the outer test part are saved (``fit``, one ``.npz`` per pair). A rule (a pool of families and
+an ensemble setting) then selects on the inner predictions with
+:func:`soilcarbon.training.search.select`, and its outer prediction is the weighted sum of its
+members' outer predictions: what the refitted ``VotingRegressor`` predicts. So ``table`` prints
+the mean pooled out-of-fold R² of each rule per LimeSoDa group (and the RMSE on the NIR data and
+the OPUS sample) on the same fits in seconds (checked: the previous defaults' figures equal
+``generalization.py``'s and ``train``'s), against named baselines: the published best of four
+learners, the default before issue 11 (``previous``: its families, stack only) and the default
+before this one (``stop 21 default``). Intervals are not computed here;
+``generalization.py`` measures them for the shipped default.
 
 Run:
   PYTHONPATH=$PWD .venv/bin/python benchmarks/selection_rules.py fit --dumps /tmp/rules --jobs 2
@@ -40,9 +42,9 @@ BROAD = ROOT / "configs" / "broad.yaml"
 #: The families of the default before issue 11's changes (the named baseline).
 PREVIOUS = {"mbl", "pls-snv", "lightgbm", "cov-forest", "cov-lightgbm", "cov-linear", "cov-svr"}
 #: Its rule: the single best or a cross-fitted stack, whichever has the lower inner RMSE.
-STACK = {"enabled": True, "method": "compete", "max_members": 3, "average_within": 0.0}
+STACK = {"enabled": True, "method": "compete", "max_members": 3, "compete_within": 0.0}
 #: The default of stop 21 (Cubist on scores added; average within 15 % competing with the rest).
-STOP21 = (PREVIOUS | {"scores-cubist"}, {**STACK, "average_within": 0.15})
+STOP21 = (PREVIOUS | {"scores-cubist"}, {**STACK, "compete_within": 0.15})
 
 
 def fit_pair(pair: dict, config_path: str, dumps: str) -> dict:
@@ -88,31 +90,31 @@ def fit_pair(pair: dict, config_path: str, dumps: str) -> dict:
     return {"n": len(data.y), "seconds": time.perf_counter() - started}
 
 
-def default_families() -> set:
-    """The families of the shipped default configuration (read from it, so this stays current)."""
+def default_rule() -> tuple:
+    """The families and the ensemble setting of the shipped default configuration (read from it,
+    so this stays current)."""
     from soilcarbon.training.config import load_config
     from soilcarbon.training.search import family
 
     config = load_config()
-    return {family(s) for s in config.expand(True, False) + config.expand(False, True)}
+    return {family(s) for s in config.expand(True, False) + config.expand(False, True)}, dict(config.ensemble)
 
 
 def rules() -> dict:
     """name -> (families, ensemble settings); families None: every family of the broad config."""
-    DEFAULT = default_families()
-    average = {"enabled": True, "method": "average", "max_members": 3}
-    table = {"previous": (PREVIOUS, STACK), "stop 21 default": STOP21}
-    for within in (0.15, 0.3, 0.5, None):
-        name = "all" if within is None else f"{within:.0%}"
-        table[f"default pool, average within {name}"] = (DEFAULT, {**average, "average_within": within})
-        table[f"broad pool, average within {name}"] = (None, {**average, "average_within": within})
-    table["default pool, compete within 30%"] = (DEFAULT, {**STACK, "average_within": 0.3})
-    table["broad pool, single best"] = (None, {**STACK, "enabled": False})
+    families, ensemble = default_rule()
+    table = {"previous": (PREVIOUS, STACK), "stop 21 default": STOP21, "default": (families, ensemble)}
+    for method in ("average", "compete"):
+        table[f"default families, always {method}"] = (families, {**ensemble, "method": method})
+    for small_n in (100, 400):
+        table[f"default families, auto with small_n {small_n}"] = (families, {**ensemble, "small_n": small_n})
+    table["broad pool, default rule"] = (None, ensemble)
+    table["broad pool, always average"] = (None, {**ensemble, "method": "average"})
     return table
 
 
-def rule_r2(saved, specs, pool, ensemble) -> float:
-    """Pooled outer R² of one rule on one pair's saved fits."""
+def rule_r2(saved, specs, pool, ensemble, rmse: bool = False) -> float:
+    """Pooled outer R² (or RMSE) of one rule on one pair's saved fits."""
     from soilcarbon.training.config import parse_config
     from soilcarbon.training.search import CandidateScore, family, select
 
@@ -128,6 +130,8 @@ def rule_r2(saved, specs, pool, ensemble) -> float:
         chosen = select(scores, y[train], saved[f"inner_labels_{fold}"], config)
         index = {id(specs[i]): i for i in keep}
         prediction[test] = sum(w * outer[index[id(m)], test] for m, w in zip(chosen.members, chosen.weights))
+    if rmse:
+        return float(np.sqrt(np.mean((prediction - y) ** 2)))
     return float(1 - np.sum((prediction - y) ** 2) / np.sum((y - y.mean()) ** 2))
 
 
@@ -144,10 +148,11 @@ def table(dumps: str) -> pd.DataFrame:
             model, label, params, transform = ast.literal_eval(str(text))
             specs.append(CandidateSpec(model, dict(params), transform, None, label))
         pair = published[(dataset, target)]
-        row = {"dataset": dataset, "target": target, "group": pair["group"], "n": len(saved["y"]),
-               "best_of_4": pair.get("best_of_4")}
+        limesoda = pair.get("best_of_4") is not None
+        row = {"dataset": dataset, "target": target, "n": len(saved["y"]), "best_of_4": pair.get("best_of_4"),
+               "group": pair["group"] if limesoda else f"{dataset} RMSE"}  # NIR and OPUS: RMSE, not R²
         for name, (pool, ensemble) in rules().items():
-            row[name] = rule_r2(saved, specs, pool, ensemble)
+            row[name] = rule_r2(saved, specs, pool, ensemble, rmse=not limesoda)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -167,10 +172,9 @@ def main() -> None:
     parser.add_argument("--per-pair", action="store_true", help="print every pair, not only the group means")
     args = parser.parse_args()
     if args.step == "fit":
-        chosen = [p for p in pairs() if p["dataset"] not in ("nirsoil", "opus-sample")
-                  and re.search(args.subset, f"{p['dataset']}/{p['target']}/{p['group']}")]
+        chosen = [p for p in pairs() if re.search(args.subset, f"{p['dataset']}/{p['target']}/{p['group']}")]
         if not chosen:
-            _fail(f"no LimeSoDa pair matches --subset {args.subset!r}")
+            _fail(f"no pair matches --subset {args.subset!r}")
         Path(args.dumps).mkdir(parents=True, exist_ok=True)
         with ProcessPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(fit_pair, p, args.config, args.dumps) for p in chosen]

@@ -20,7 +20,7 @@ def _score(label, oof, y):
     return CandidateScore(CandidateSpec("pls", {}, "none", None, label), oof, float(np.sqrt(np.mean((oof - y) ** 2))), 0.0)
 
 
-COMPETE = {"ensemble": {"method": "compete", "average_within": 0.0}}
+COMPETE = {"ensemble": {"method": "compete", "compete_within": 0.0}}
 
 
 def test_compete_stacks_only_when_the_stack_beats_the_best_single_model():
@@ -69,19 +69,42 @@ def test_average_method_averages_each_family_best_within_the_cut_without_competi
     pair = [_score("good", good, y), _score("worse", worse, y)]
     loose = select(pair, y, labels, parse_config({"ensemble": {"method": "average", "average_within": 10.0}}))
     assert sorted(m.label for m in loose.members) == ["good", "worse"] and loose.rmse > pair[0].rmse
-    competed = select(pair, y, labels, parse_config({"ensemble": {"method": "compete", "average_within": 10.0}}))
+    competed = select(pair, y, labels, parse_config({"ensemble": {"method": "compete", "compete_within": 10.0}}))
     assert competed.rmse <= pair[0].rmse
     # a family farther than the cut is left out: the single best stays alone
     alone = select(pair, y, labels, parse_config({"ensemble": {"method": "average", "average_within": 0.01}}))
     assert [m.label for m in alone.members] == ["good"]
 
 
+def test_auto_averages_below_small_n_and_competes_from_there():
+    """The same two families: equally averaged on a small set, the better one alone (or a stack
+    favouring it) once the selection sees small_n samples or more."""
+    rng = np.random.default_rng(2)
+    auto = {"ensemble": {"method": "auto", "small_n": 100, "average_within": 0.5, "compete_within": 0.5}}
+    for n, method in ((60, "average"), (400, "compete")):
+        y = rng.normal(size=n)
+        labels = np.arange(n) % 5
+        good = y + rng.normal(0, 0.3, n)
+        worse = good + rng.normal(0, 0.25, n)  # the same errors and more: averaging it only hurts
+        scores = [_score("good", good, y), _score("worse", worse, y)]
+        chosen = select(scores, y, labels, parse_config(auto))
+        averaged = select(scores, y, labels, parse_config({"ensemble": {**auto["ensemble"], "method": "average"}}))
+        competed = select(scores, y, labels, parse_config({"ensemble": {**auto["ensemble"], "method": "compete"}}))
+        assert sorted(m.label for m in averaged.members) == ["good", "worse"]
+        assert [m.label for m in competed.members] == ["good"]  # the two rules differ on both sets
+        expected = averaged if method == "average" else competed
+        assert [m.label for m in chosen.members] == [m.label for m in expected.members], n
+        np.testing.assert_allclose(chosen.weights, expected.weights)
+
+
 @pytest.mark.parametrize("ensemble, message", [
-    ({"method": "vote"}, "ensemble.method must be one of average, compete, got 'vote'"),
+    ({"method": "vote"}, "ensemble.method must be one of auto, average, compete, got 'vote'"),
     ({"enabled": "yes"}, "ensemble.enabled must be true or false"),
     ({"max_members": 1}, "ensemble.max_members must be an integer >= 2"),
     ({"average": True}, "unknown ensemble key(s) ['average']"),
     ({"average_within": -1}, "ensemble.average_within must be null or a number >= 0"),
+    ({"compete_within": "all"}, "ensemble.compete_within must be null or a number >= 0, got 'all'"),
+    ({"small_n": "many"}, "ensemble.small_n must be an integer >= 2, got 'many'"),
 ])
 def test_bad_ensemble_settings_are_refused(ensemble, message):
     with pytest.raises(SoilCarbonError, match=re.escape(message)):
