@@ -271,3 +271,23 @@ def test_a_signal_whose_exception_python_swallows_still_leaves_no_output(tmp_pat
     assert list(tmp_path.iterdir()) == []
     assert "Exception ignored" not in capsys.readouterr().err
     assert sys.unraisablehook is sys.__unraisablehook__  # the host's hook is back
+
+
+def test_resource_tracker_cleanup_warning_is_silenced_in_helper_processes_only_during_training():
+    """joblib's resource tracker is a separate interpreter: the filter must reach it through
+    PYTHONWARNINGS while training runs, silence only its cleanup warning, and leave no trace."""
+    import os
+    import subprocess
+    import sys
+
+    from soilcarbon.training.commands import known_harmless_warnings_ignored
+
+    code = ("import warnings; warnings.warn('resource_tracker: /dev/shm/joblib_x: FileNotFoundError', UserWarning); "
+            "warnings.warn('a real problem', UserWarning)")
+    before = os.environ.get("PYTHONWARNINGS")
+    with known_harmless_warnings_ignored():
+        err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stderr
+    assert "resource_tracker" not in err and "a real problem" in err
+    assert os.environ.get("PYTHONWARNINGS") == before
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stderr
+    assert "resource_tracker" in err  # outside training nothing is hidden

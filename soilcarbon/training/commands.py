@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,16 +23,29 @@ models_app = typer.Typer(help="Registered models: list them, promote a version t
 #: on small data sets every cross-validation fold of memory-based learning says that its
 #: neighbourhoods are clipped to the fold's samples (the clip is the intended behaviour).
 KNOWN_HARMLESS_WARNINGS = [(r"MBL k=.* exceeds the \d+ reference samples", UserWarning)]
+#: joblib's resource tracker, a helper process, warns at exit when an interrupted run's
+#: memory-mapping folder was already removed (a race after Ctrl-C, seen about once in ten
+#: interrupts); it is a separate interpreter, so only PYTHONWARNINGS reaches it.
+RESOURCE_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"
 
 
 @contextmanager
 def known_harmless_warnings_ignored():
     """Ignore :data:`KNOWN_HARMLESS_WARNINGS` inside the block (and in the cross-validation
-    workers: ``sklearn.utils.parallel`` carries the filters to them); every other warning shows."""
-    with warnings.catch_warnings():
-        for message, category in KNOWN_HARMLESS_WARNINGS:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        yield
+    workers: ``sklearn.utils.parallel`` carries the filters to them) and joblib's resource
+    tracker's cleanup warning; every other warning shows."""
+    previous = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [previous, RESOURCE_TRACKER_FILTER]))
+    try:
+        with warnings.catch_warnings():
+            for message, category in KNOWN_HARMLESS_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = previous
 
 
 
