@@ -104,6 +104,8 @@ def test_auto_averages_below_small_n_and_competes_from_there():
     ({"average": True}, "unknown ensemble key(s) ['average']"),
     ({"average_within": -1}, "ensemble.average_within must be null or a number >= 0"),
     ({"compete_within": "all"}, "ensemble.compete_within must be null or a number >= 0, got 'all'"),
+    ({"method": "compete", "average_within": 0.2},
+     "ensemble.average_within has no effect with method compete (it reads compete_within)"),
     ({"small_n": "many"}, "ensemble.small_n must be an integer >= 2, got 'many'"),
 ])
 def test_bad_ensemble_settings_are_refused(ensemble, message):

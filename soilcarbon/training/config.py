@@ -348,6 +348,10 @@ def parse_config(data: dict, source: str = "config") -> TrainConfig:
     _check(not unknown, source, f"unknown compute option(s) {sorted(unknown)}; known: {sorted(default['compute'])}")
     _check_compute(merged["compute"], source)
     _check_ensemble(merged["ensemble"], source)
+    given = data.get("ensemble") if isinstance(data.get("ensemble"), dict) else {}
+    _check(not (given.get("method") == "compete" and "average_within" in given and "compete_within" not in given),
+           source, "ensemble.average_within has no effect with method compete (it reads compete_within); "
+           "set compete_within instead")
     return TrainConfig(
         preprocessing=merged["preprocessing"],
         target_transforms=list(transforms),
