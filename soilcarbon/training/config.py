@@ -111,7 +111,7 @@ candidates:
 # Tried and left out (benchmarks/configs/broad.yaml): a Gaussian process on PCA scores (+0.003 /
 # +0.005 in R2, but NIR RMSE 0.513 and the slowest fit); a Gaussian process on covariates, and
 # forest, extra trees, LightGBM, SVR and Cubist with other settings (no gain on the covariate
-# pairs: 0.449-0.452); CatBoost on covariates (0.454, +0.001, a scratch run: not worth a
+# pairs: 0.449-0.452); CatBoost on covariates (0.453, +0.001, a scratch run: not worth a
 # dependency); weights proportional to 1 / inner MSE instead of the equal average (0.453; spectra
 # + covariates 0.664; a row of benchmarks/selection_rules.py).
 
