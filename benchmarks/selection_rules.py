@@ -152,6 +152,11 @@ def rule_r2(saved, specs, pool, ensemble, rmse: bool = False) -> float:
         prediction[test] = sum(w * outer[index[id(m)], test] for m, w in zip(chosen.members, chosen.weights))
     if rmse:
         return float(np.sqrt(np.mean((prediction - y) ** 2)))
+    return pooled_r2(prediction, y)
+
+
+def pooled_r2(prediction: np.ndarray, y: np.ndarray) -> float:
+    """R² of the pooled out-of-fold predictions."""
     return float(1 - np.sum((prediction - y) ** 2) / np.sum((y - y.mean()) ** 2))
 
 
@@ -173,14 +178,14 @@ def weighted_r2(saved, specs, pool, weigh) -> float:
         chosen = list(best.values())
         weights = weigh(rmse[chosen], oof[chosen], y[train])
         prediction[test] = weights @ outer[chosen][:, test]
-    return float(1 - np.sum((prediction - y) ** 2) / np.sum((y - y.mean()) ** 2))
+    return pooled_r2(prediction, y)
 
 
 def table(dumps: str) -> pd.DataFrame:
     from soilcarbon.training.config import CandidateSpec
 
     published = {(p["dataset"], p["target"]): p for p in pairs()}
-    rows = []
+    rows, default_families = [], default_rule()[0]
     for path in sorted(Path(dumps).glob("*.npz")):
         dataset, target = path.stem.split("__")
         saved = np.load(path)
@@ -194,9 +199,9 @@ def table(dumps: str) -> pd.DataFrame:
                "group": pair["group"] if limesoda else f"{dataset} RMSE"}  # NIR and OPUS: RMSE, not R²
         for name, (pool, ensemble) in rules().items():
             row[name] = rule_r2(saved, specs, pool, ensemble, rmse=not limesoda)
-        if limesoda:  # small sets only: there the equal average is the default's rule
+        if limesoda:  # every LimeSoDa pair, whatever its n (most are below small_n)
             for name, weigh in WEIGHTINGS.items():
-                row[name] = weighted_r2(saved, specs, default_rule()[0], weigh)
+                row[name] = weighted_r2(saved, specs, default_families, weigh)
         rows.append(row)
     return pd.DataFrame(rows)
 
