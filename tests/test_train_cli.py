@@ -138,7 +138,7 @@ def _set_constant(frame):
     ("few_samples", "folds"),
     ("bad_config", "not valid YAML"),
     ("bad_candidate", "candidate scores-cubist(learner=cubist,max_samples=0,n_pca=3)|none: max_samples must be an integer >= 1, got 0"),
-    ("bad_learner_option", "candidate scores-gp(learner=gp,n_pca=3,nu=1.5)|none: the gp learner takes only length_scale, got ['nu']"),
+    ("bad_learner_option", "candidate scores-gp(learner=gp,n_pca=3,nu=1.5)|none: the gp learner takes only length_scale, linear and restarts, got ['nu']"),
     ("lab_mismatch", "no lab id matches"),
 ])
 def test_bad_training_input_exits_2_and_registers_nothing(tmp_path, run_cli, nirsoil_csv, fast_config, case,

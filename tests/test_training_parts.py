@@ -217,11 +217,18 @@ def test_covariate_learners_fit_a_known_linear_relation():
     rng = np.random.default_rng(3)
     X = rng.normal(size=(300, 3))
     y = 2 * X[:, 0] - X[:, 1] + rng.normal(0, 0.1, 300)
-    X[5, 2] = np.nan  # the linear, SVR, GP and Cubist learners impute; the trees take NaN as it is
-    for learner in LEARNERS:
-        model = covariate_learner(learner, {}, seed=0).fit(X[:200], y[:200])
+    X[5, 2] = np.nan  # the linear, spline, SVR, GP and Cubist learners impute; the trees take NaN as it is
+    for learner, params in [(name, {}) for name in LEARNERS] + [("gp", {"linear": True, "restarts": 1})]:
+        model = covariate_learner(learner, params, seed=0).fit(X[:200], y[:200])
         rmse = np.sqrt(np.mean((model.predict(X[200:]) - y[200:]) ** 2))
-        assert rmse < 0.5 * y.std(), learner
+        assert rmse < 0.5 * y.std(), (learner, params)
+    # far outside the training range the GP's linear trend goes on; the Matern part alone returns
+    # to the mean, and the additive splines stay at their value at the last knot
+    far = np.array([[8.0, 0.0, 0.0]])
+    trend = covariate_learner("gp", {"linear": True}).fit(X[:200], y[:200]).predict(far)[0]
+    assert trend == pytest.approx(16, rel=0.1)
+    spline = covariate_learner("spline", {"n_knots": 3}).fit(X[:200], y[:200])
+    assert spline.predict(far)[0] == pytest.approx(spline.predict(far * 2)[0])
     linear = covariate_learner("linear", {}).fit(X[:200], y[:200])
     assert linear.named_steps["ridge"].coef_ / np.nanstd(X[:200], axis=0) == pytest.approx([2, -1, 0], abs=0.05)
     with pytest.raises(SoilCarbonError, match="unknown learner 'xgboost'; use one of lightgbm, forest"):

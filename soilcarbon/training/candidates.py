@@ -192,17 +192,22 @@ class Subsampled(RegressorMixin, BaseEstimator):
         return np.ravel(self.estimator_.predict(validate_data(self, X, reset=False)))
 
 
-LEARNERS = ("lightgbm", "forest", "extratrees", "linear", "svr", "gp", "cubist")
+LEARNERS = ("lightgbm", "forest", "extratrees", "linear", "spline", "svr", "gp", "cubist")
 
 
 def covariate_learner(learner: str, params: dict, seed: int = 0):
     """A regressor for covariates (or scores): ``lightgbm`` (gradient boosting), ``forest`` (random
     forest, Breiman 2001), ``extratrees`` (extremely randomized trees, Geurts et al. 2006),
-    ``linear`` (ridge-regularized multiple linear regression, alpha by internal CV), ``svr`` (RBF
-    support vector regression on standardized inputs and target), ``gp`` (Gaussian process with a
-    Matern 5/2 kernel plus noise, hyperparameters by marginal likelihood, Rasmussen & Williams
-    2006) or ``cubist`` (rule-based model trees, Quinlan 1992, the ``cubist`` package). Missing
-    values are imputed by the median for the linear, SVR, GP and Cubist learners."""
+    ``linear`` (ridge-regularized multiple linear regression, alpha by internal CV), ``spline`` (an
+    additive model: cubic B-splines of each standardized covariate on ``n_knots`` uniform knots,
+    constant beyond them, ridge-penalized with alpha by internal CV; a P-spline GAM, Eilers & Marx
+    1996, with a ridge instead of a difference penalty), ``svr`` (RBF support vector regression on
+    standardized inputs and target), ``gp`` (Gaussian process with a Matern 5/2 kernel plus noise,
+    with ``linear: true`` plus a linear kernel, so the marginal likelihood weighs a linear trend
+    against the smooth part; hyperparameters by marginal likelihood with ``restarts`` extra random
+    starts, Rasmussen & Williams 2006) or ``cubist`` (rule-based model trees, Quinlan 1992, the
+    ``cubist`` package). Missing values are imputed by the median for all but the tree ensembles
+    and LightGBM."""
     from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import RidgeCV
@@ -219,14 +224,18 @@ def covariate_learner(learner: str, params: dict, seed: int = 0):
         return ExtraTreesRegressor(**{**defaults, **params})
     if learner == "gp":
         from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+        from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, Matern, WhiteKernel
 
-        unknown = set(params) - {"length_scale"}
+        unknown = set(params) - {"length_scale", "linear", "restarts"}
         if unknown:
-            raise ValueError(f"the gp learner takes only length_scale, got {sorted(unknown)}")
-        kernel = ConstantKernel() * Matern(length_scale=float(params.get("length_scale", 3.0)), nu=2.5) + WhiteKernel()
-        return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
-                         ("gp", GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed))])
+            raise ValueError(f"the gp learner takes only length_scale, linear and restarts, got {sorted(unknown)}")
+        smooth = Matern(length_scale=float(params.get("length_scale", 3.0)), nu=2.5)
+        kernel = ConstantKernel() * smooth + WhiteKernel()
+        if params.get("linear", False):
+            kernel = ConstantKernel(0.1) * DotProduct(1.0) + ConstantKernel(1.0) * smooth + WhiteKernel(0.5)
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=int(params.get("restarts", 0)),
+                                      random_state=seed)
+        return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()), ("gp", gp)])
     if learner == "cubist":
         from cubist import Cubist
 
@@ -237,6 +246,16 @@ def covariate_learner(learner: str, params: dict, seed: int = 0):
     if learner == "linear":
         return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
                          ("ridge", RidgeCV(alphas=np.logspace(-3, 3, 13)))])
+    if learner == "spline":
+        from sklearn.preprocessing import SplineTransformer
+
+        unknown = set(params) - {"n_knots"}
+        if unknown:
+            raise ValueError(f"the spline learner takes only n_knots, got {sorted(unknown)}")
+        return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
+                         ("splines", SplineTransformer(n_knots=int(params.get("n_knots", 3)), degree=3,
+                                                       extrapolation="constant")),
+                         ("ridge", RidgeCV(alphas=np.logspace(-2, 4, 13)))])
     if learner == "svr":
         svr = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
                         ("svr", SVR(**{"C": 10.0, "epsilon": 0.1, **params}))])
