@@ -139,6 +139,8 @@ def _set_constant(frame):
     ("bad_config", "not valid YAML"),
     ("bad_candidate", "candidate scores-cubist(learner=cubist,max_samples=0,n_pca=3)|none: max_samples must be an integer >= 1, got 0"),
     ("bad_learner_option", "candidate scores-gp(learner=gp,n_pca=3,nu=1.5)|none: the gp learner takes only length_scale, linear and restarts, got ['nu']"),
+    # a value out of range is found by the learner only when it is fitted, inside the search
+    ("bad_learner_value", "candidate scores-spline(learner=spline,n_knots=1,n_pca=3)|none: The 'n_knots' parameter of SplineTransformer must be an int in the range [2, inf). Got 1 instead."),
     ("lab_mismatch", "no lab id matches"),
 ])
 def test_bad_training_input_exits_2_and_registers_nothing(tmp_path, run_cli, nirsoil_csv, fast_config, case,
@@ -155,11 +157,12 @@ def test_bad_training_input_exits_2_and_registers_nothing(tmp_path, run_cli, nir
     elif case == "bad_config":
         spectra = _bad_target_table(tmp_path, nirsoil_csv, lambda f: f)
         fast_config.write_text("cv: [1, 2")
-    elif case in ("bad_candidate", "bad_learner_option"):
+    elif case in ("bad_candidate", "bad_learner_option", "bad_learner_value"):
         spectra = _bad_target_table(tmp_path, nirsoil_csv, lambda f: f)
         config = yaml.safe_load(fast_config.read_text())
-        learner = {"learner": ["cubist"], "n_pca": [3], "max_samples": [0]} if case == "bad_candidate" else \
-            {"learner": ["gp"], "n_pca": [3], "nu": [1.5]}
+        learner = {"bad_candidate": {"learner": ["cubist"], "n_pca": [3], "max_samples": [0]},
+                   "bad_learner_option": {"learner": ["gp"], "n_pca": [3], "nu": [1.5]},
+                   "bad_learner_value": {"learner": ["spline"], "n_pca": [3], "n_knots": [1]}}[case]
         config["candidates"] = [{"model": "scores", "label": f"scores-{learner['learner'][0]}", "grid": learner}]
         config["target_transforms"] = ["none"]
         fast_config.write_text(yaml.safe_dump(config))

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.parallel import Parallel, delayed  # carries warning filters and config to workers
 
+from soilcarbon.errors import SoilCarbonError
 from soilcarbon.models.ensemble import stacking_weights, weighted_ensemble
 from soilcarbon.models.layout import FeatureLayout
 from soilcarbon.process import die_with_parent
@@ -78,11 +80,16 @@ class Selection:
         return table.sort_values(["samples", "cv_rmse"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
-def _fit_predict(estimator, X, y, train, test, parent_pid: int | None):
+def _fit_predict(estimator, X, y, train, test, parent_pid: int | None, name: str):
+    """Fit on ``train``, predict ``test``; a parameter value the estimator rejects when it is
+    fitted (scikit-learn checks values only then) is an error naming the candidate."""
     if parent_pid is not None:  # local engine: a loky worker must not outlive a killed `train`
         die_with_parent(parent_pid)
     started = time.perf_counter()
-    model = clone(estimator).fit(X[train], y[train])
+    try:
+        model = clone(estimator).fit(X[train], y[train])
+    except InvalidParameterError as exc:
+        raise SoilCarbonError(f"candidate {name}: {exc}") from None
     return np.ravel(model.predict(X[test])), time.perf_counter() - started
 
 
@@ -123,7 +130,7 @@ def evaluate(specs: list, X: np.ndarray, y: np.ndarray, labels: np.ndarray, layo
               else [(X, layout, s) for s in specs])
     estimators = [build_candidate(spec, lay, preprocessing, seed) for _, lay, spec in inputs]
     parent = os.getpid() if engine == "local" else None
-    jobs = (delayed(_fit_predict)(estimators[i], inputs[i][0], y, labels != f, labels == f, parent)
+    jobs = (delayed(_fit_predict)(estimators[i], inputs[i][0], y, labels != f, labels == f, parent, specs[i].name)
             for i, f in tasks)
     oof = np.zeros((len(specs), len(y)))
     seconds = np.zeros(len(specs))
