@@ -203,8 +203,19 @@ def hindsight_rows(saved, specs, families) -> dict:
     return rows
 
 
+def expected_families(group: str) -> set:
+    """The default's families that apply to a pair of this group (spectral ones, covariate ones
+    or both: covariate learners run only without spectra)."""
+    from soilcarbon.training.config import load_config
+    from soilcarbon.training.search import family
+
+    has_spectra, has_covariates = group != "covariates", group != "spectral"
+    return {family(s) for s in load_config().expand(has_spectra, has_covariates)}
+
+
 def table(dumps: str) -> pd.DataFrame:
     from soilcarbon.training.config import CandidateSpec
+    from soilcarbon.training.search import family
 
     published = {(p["dataset"], p["target"]): p for p in pairs()}
     rows, default_families = [], default_rule()[0]
@@ -216,6 +227,10 @@ def table(dumps: str) -> pd.DataFrame:
             model, label, params, transform = ast.literal_eval(str(text))
             specs.append(CandidateSpec(model, dict(params), transform, None, label))
         pair = published[(dataset, target)]
+        missing = expected_families(pair["group"]) - {family(s) for s in specs}
+        if missing:  # the default's rows would silently average fewer families, or fail
+            _fail(f"{path}: the fits lack the default's families {', '.join(sorted(missing))}; "
+                  f"fit with a configuration that has them (benchmarks/configs/broad.yaml)")
         limesoda = pair.get("best_of_4") is not None
         row = {"dataset": dataset, "target": target, "n": len(saved["y"]), "best_of_4": pair.get("best_of_4"),
                "group": pair["group"] if limesoda else f"{dataset} RMSE"}  # NIR and OPUS: RMSE, not R²

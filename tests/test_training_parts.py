@@ -235,6 +235,28 @@ def test_covariate_learners_fit_a_known_linear_relation():
         covariate_learner("xgboost", {})
 
 
+def test_bad_gp_and_spline_settings_are_errors_naming_the_candidate():
+    from soilcarbon.models.layout import FeatureLayout
+    from soilcarbon.training.candidates import build_candidate
+
+    layout = FeatureLayout(np.array([]), "nm", ["a", "b"])
+    X, y = np.random.default_rng(0).normal(size=(30, 2)), np.arange(30.0)
+
+    def candidate(grid):
+        config = parse_config({"candidates": [{"model": "covariates", "grid": grid}], "target_transforms": ["none"]})
+        return build_candidate(config.expand(has_spectra=False, has_covariates=True)[0], layout, [])
+
+    with pytest.raises(SoilCarbonError, match=r"candidate covariates\(learner=gp,linear=false\)\|none: the gp "
+                                              r"learner's linear must be true or false, got 'false'"):
+        candidate({"learner": ["gp"], "linear": ["false"]})
+    # values scikit-learn checks only when fitting: the search turns these into errors naming the
+    # candidate (tests/test_train_cli.py, bad_learner_value); nothing is rounded silently here
+    for grid, message in [({"learner": ["gp"], "restarts": [1.5]}, "n_restarts_optimizer"),
+                          ({"learner": ["spline"], "n_knots": [3.7]}, "n_knots")]:
+        with pytest.raises(ValueError, match=message):
+            candidate(grid).fit(X, y)
+
+
 def test_rows_with_missing_covariates_are_dropped_and_counted():
     from soilcarbon.training.data import assemble
 

@@ -229,11 +229,15 @@ def covariate_learner(learner: str, params: dict, seed: int = 0):
         unknown = set(params) - {"length_scale", "linear", "restarts"}
         if unknown:
             raise ValueError(f"the gp learner takes only length_scale, linear and restarts, got {sorted(unknown)}")
+        linear = params.get("linear", False)
+        if not isinstance(linear, bool):  # a string such as "false" would otherwise count as true
+            raise ValueError(f"the gp learner's linear must be true or false, got {linear!r}")
         smooth = Matern(length_scale=float(params.get("length_scale", 3.0)), nu=2.5)
         kernel = ConstantKernel() * smooth + WhiteKernel()
-        if params.get("linear", False):
+        if linear:
             kernel = ConstantKernel(0.1) * DotProduct(1.0) + ConstantKernel(1.0) * smooth + WhiteKernel(0.5)
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=int(params.get("restarts", 0)),
+        # restarts as given: scikit-learn rejects a non-integer or negative count when fitting
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=params.get("restarts", 0),
                                       random_state=seed)
         return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()), ("gp", gp)])
     if learner == "cubist":
@@ -253,7 +257,7 @@ def covariate_learner(learner: str, params: dict, seed: int = 0):
         if unknown:
             raise ValueError(f"the spline learner takes only n_knots, got {sorted(unknown)}")
         return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
-                         ("splines", SplineTransformer(n_knots=int(params.get("n_knots", 3)), degree=3,
+                         ("splines", SplineTransformer(n_knots=params.get("n_knots", 3), degree=3,
                                                        extrapolation="constant")),
                          ("ridge", RidgeCV(alphas=np.logspace(-2, 4, 13)))])
     if learner == "svr":
